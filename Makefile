@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM = false
 .PHONY: run test lint install clean
 
 run: $(STAMP)
-	$(VENV)/bin/airrep labels -c $(CONFIG)
+	$(VENV)/bin/airrep run -c $(CONFIG)
 
 test: $(STAMP)
 	$(PY) -m pytest

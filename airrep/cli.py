@@ -39,7 +39,29 @@ def build_parser() -> argparse.ArgumentParser:
                     "losses into labels. Finished fine-tunes are skipped, so a re-run resumes.")
     _add_config_args(labels)
     labels.add_argument("--out", help="output directory (default: <work_dir>/<name>/labels)")
+    run = commands.add_parser(
+        "run", help="the whole pipeline: labels, benchmark, train AirRep, LDS table against baselines",
+        description="Generate labels, fine-tune the held-out benchmark subsets, train AirRep and "
+                    "evaluate it by LDS against TF-IDF, the untrained encoder and gradient methods.")
+    _add_config_args(run)
     return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from airrep.local_run import run_all
+
+    config = load_config(args.config, args.overrides)
+    result = run_all(config)
+    print(f"\nfine-tunes: {result.finetunes_computed} run now, "
+          f"{result.finetunes_skipped} already finished and skipped")
+    print(f"trained AirRep: {result.model_dir}")
+    print(f"training: {len(result.curve.step)} steps in {result.curve.seconds:.0f} s, final loss "
+          f"{result.curve.loss[-1]:.4f}; held-out LDS by step: "
+          + ", ".join(f"{s}: {100 * v:.2f}" for s, v in zip(result.curve.eval_step, result.curve.eval_lds)))
+    print("\nLDS on held-out subsets (×100):\n")
+    print(result.table.to_markdown())
+    print(f"\nplot: {result.artifacts['plot']}")
+    return 0
 
 
 def cmd_labels(args: argparse.Namespace) -> int:
@@ -63,7 +85,7 @@ def cmd_labels(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"labels": cmd_labels}
+COMMANDS = {"labels": cmd_labels, "run": cmd_run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

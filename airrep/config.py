@@ -135,6 +135,43 @@ class FinetuneConfig(_Section):
     seed: int = 0
 
 
+class TrainConfig(_Section):
+    """AirRep encoder training (paper §3.4: AdamW, lr 1e-4, up to 2000 steps)."""
+
+    encoder: str = "minilm"
+    projection_dim: int | None = Field(None, gt=0)
+    max_tokens: int = Field(128, ge=8)
+    steps: int = Field(2000, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    reference_size: int = Field(32, gt=0)
+    topk: int = Field(16, gt=1)
+    t_min: float = Field(0.1, ge=0)
+    t_max: float = Field(5.0, gt=0)
+    encode_chunk: int = Field(64, gt=0)
+    precision: Literal["bf16", "fp32"] = "bf16"
+    eval_every: int = Field(100, gt=0)
+    checkpoint_every: int = Field(500, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> TrainConfig:
+        if self.t_min > self.t_max:
+            raise ValueError(f"train.t_min ({self.t_min}) must not exceed train.t_max ({self.t_max})")
+        return self
+
+
+class EvaluateConfig(_Section):
+    """Which methods the LDS table compares, and the benchmark's noise ceiling."""
+
+    methods: list[str] = Field(default_factory=lambda: [
+        "airrep", "airrep-sum", "encoder", "encoder-sum", "tfidf", "tfidf-sum", "logra", "tracin"])
+    noise_ceiling: bool = True
+    gradient_max_length: int = Field(160, ge=8)
+
+
 class PipelineConfig(_Section):
     """Everything one pipeline run needs; see ``configs/`` for complete examples."""
 
@@ -145,6 +182,8 @@ class PipelineConfig(_Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     base_llm: BaseLLMConfig = Field(default_factory=BaseLLMConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     def fingerprint(self) -> str:
         """A short hash of the whole config, for tags and cache keys."""

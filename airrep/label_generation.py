@@ -92,49 +92,87 @@ def prepare(config: PipelineConfig) -> tuple[dict[str, Record], SubsetIndex, str
     return by_id, index, llm_path, fingerprint(llm_path, revision)
 
 
-def generate_labels(config: PipelineConfig, out_dir: str | Path | None = None) -> LabelRun:
+@dataclass
+class FinetuneJob:
+    """One subset fine-tune: train on ``members``, score ``eval_ids``."""
+
+    members: list[str]
+    eval_ids: list[str]
+    seed: int
+
+
+class FinetuneRunner:
+    """Runs fine-tune jobs against a cache; loads the base LLM only if something must run."""
+
+    def __init__(self, config: PipelineConfig, by_id: dict[str, Record], llm_path: str, llm_fp: str) -> None:
+        self.config, self.by_id = config, by_id
+        self.llm_path, self.llm_fp = llm_path, llm_fp
+        self.cache = FinetuneCache(config.work_path / "finetunes")
+        self._model = None
+        self.computed = self.skipped = 0
+        self.seconds: list[float] = []
+        self.tokens_per_second: list[float] = []
+
+    def run(self, jobs: list[FinetuneJob], desc: str) -> list[np.ndarray]:
+        results = []
+        for job in tqdm(jobs, desc=desc, unit="subset"):
+            key = finetune_key(self.llm_fp, job.members, job.eval_ids, self.config.finetune, job.seed)
+            losses = self.cache.get(key)
+            if losses is None:
+                if self._model is None:
+                    self._model = load_base_llm(self.llm_path, self.config.base_llm)
+                start = time.perf_counter()
+                losses, stats = finetune_and_evaluate(
+                    *self._model, [self.by_id[i] for i in job.members],
+                    [self.by_id[i] for i in job.eval_ids], self.config.finetune, job.seed)
+                self.cache.put(key, losses)
+                self.computed += 1
+                self.seconds.append(time.perf_counter() - start)
+                self.tokens_per_second.append(stats.tokens_per_second)
+            else:
+                self.skipped += 1
+            results.append(losses)
+        return results
+
+
+def generate_labels(config: PipelineConfig, out_dir: str | Path | None = None,
+                    prepared: tuple | None = None) -> LabelRun:
     """Run every subset fine-tune of every split (skipping finished ones), then normalize."""
     out = Path(out_dir) if out_dir else config.work_path / config.name / "labels"
     out.mkdir(parents=True, exist_ok=True)
-    by_id, index, llm_path, llm_fp = prepare(config)
+    by_id, index, llm_path, llm_fp = prepared or prepare(config)
     save_config(config, out / "config.yaml")
     index.save(out / "index.json")
     run = LabelRun(out_dir=out, index=index, llm_path=llm_path, llm_fingerprint=llm_fp)
-    cache = FinetuneCache(config.work_path / "finetunes")
-    model, tokenizer = None, None
-    total = sum(len(s.subsets) for s in index.splits)
-    with tqdm(total=total, desc="subset fine-tunes", unit="subset") as progress:
-        for k, split in enumerate(index.splits):
-            dev_records = [by_id[i] for i in split.dev]
-            rows = []
-            for j, members in enumerate(split.subsets):
-                seed = subset_seed(config.finetune, k, j)
-                key = finetune_key(llm_fp, members, split.dev, config.finetune, seed)
-                losses = cache.get(key)
-                if losses is None:
-                    if model is None:
-                        model, tokenizer = load_base_llm(llm_path, config.base_llm)
-                    start = time.perf_counter()
-                    losses, stats = finetune_and_evaluate(
-                        model, tokenizer, [by_id[i] for i in members], dev_records, config.finetune, seed)
-                    cache.put(key, losses)
-                    run.computed += 1
-                    run.seconds_per_finetune.append(time.perf_counter() - start)
-                    run.tokens_per_second.append(stats.tokens_per_second)
-                else:
-                    run.skipped += 1
-                rows.append(losses)
-                progress.update(1)
-            dev_losses = np.stack(rows)  # (n_subsets, n_dev)
-            path = out / f"split_{k:03d}.npz"
-            tmp = out / f".split_{k:03d}.tmp.npz"
-            np.savez(tmp, losses=dev_losses, labels=normalize(dev_losses),
-                     dev_ids=np.array(split.dev), subset_index=np.arange(len(split.subsets)))
-            tmp.replace(path)
-            run.split_files.append(path)
+    runner = FinetuneRunner(config, by_id, llm_path, llm_fp)
+    for k, split in enumerate(index.splits):
+        jobs = [FinetuneJob(members, split.dev, subset_seed(config.finetune, k, j))
+                for j, members in enumerate(split.subsets)]
+        dev_losses = np.stack(runner.run(jobs, f"split {k} fine-tunes"))  # (n_subsets, n_dev)
+        path = out / f"split_{k:03d}.npz"
+        tmp = out / f".split_{k:03d}.tmp.npz"
+        np.savez(tmp, losses=dev_losses, labels=normalize(dev_losses), dev_ids=np.array(split.dev))
+        tmp.replace(path)
+        run.split_files.append(path)
+    run.computed, run.skipped = runner.computed, runner.skipped
+    run.seconds_per_finetune, run.tokens_per_second = runner.seconds, runner.tokens_per_second
     log.info("label generation: %d fine-tunes run, %d already finished and skipped",
              run.computed, run.skipped)
     return run
+
+
+def benchmark_losses(config: PipelineConfig, runner: FinetuneRunner, index: SubsetIndex,
+                     repeat: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """True test losses ``(n_subsets, n_test)`` of the held-out subsets; with ``repeat``, a
+    second, independently seeded fine-tune of each (for the noise ceiling)."""
+    bench = index.benchmark
+    base = 1_000_000 + config.finetune.seed
+    jobs = [FinetuneJob(m, bench.test, base + j) for j, m in enumerate(bench.subsets)]
+    losses = np.stack(runner.run(jobs, "benchmark fine-tunes"))
+    if not repeat:
+        return losses, None
+    jobs = [FinetuneJob(m, bench.test, 2 * base + j) for j, m in enumerate(bench.subsets)]
+    return losses, np.stack(runner.run(jobs, "benchmark fine-tunes (second seed)"))
 
 
 def load_split_labels(path: str | Path) -> dict[str, np.ndarray]:

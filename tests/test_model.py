@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig
+
+from airrep.model import AirRep, AirRepConfig, AirRepModel, resolve_encoder
+
+
+@pytest.fixture(scope="module")
+def tiny_airrep():
+    torch.manual_seed(0)
+    encoder = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         vocab_size=30522, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = AirRepModel(AirRepConfig(encoder=encoder.to_dict(), max_tokens=64))
+    return AirRep(model, AutoTokenizer.from_pretrained(resolve_encoder("minilm")), precision="fp32")
+
+
+TEXTS = ["short", "a somewhat longer text with more words in it", "mid length text here",
+         "x " * 40, "another one", "the quick brown fox jumps over the lazy dog"]
+
+
+def test_projection_starts_at_identity(tiny_airrep):
+    w = tiny_airrep.model.projection.weight
+    assert torch.equal(w, torch.eye(w.shape[0]))
+
+
+def test_encode_preserves_input_order_under_length_sorting(tiny_airrep):
+    together = tiny_airrep.encode(TEXTS, batch_size=2)
+    one_by_one = np.concatenate([tiny_airrep.encode([t]) for t in TEXTS])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+
+
+def test_save_load_round_trip_identical_embeddings(tiny_airrep, tmp_path):
+    tiny_airrep.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert not list(tmp_path.glob("*.bin"))
+    loaded = AirRep.from_pretrained(tmp_path, precision="fp32")
+    np.testing.assert_array_equal(tiny_airrep.encode(TEXTS), loaded.encode(TEXTS))
+
+
+def test_score_groups_attention_and_sum_against_loop():
+    rng = np.random.default_rng(0)
+    query, train = rng.normal(size=(3, 4)), rng.normal(size=(10, 4))
+    groups = np.array([[0, 1, 2], [3, 4, 5], [7, 8, 9]])
+    att = AirRep.score_groups(query, train, groups, "attention")
+    summed = AirRep.score_groups(query, train, groups, "sum")
+    for i in range(3):
+        for g, members in enumerate(groups):
+            s = np.array([query[i] @ train[m] for m in members])
+            w = np.exp(np.abs(s)) / np.exp(np.abs(s)).sum()
+            assert att[i, g] == pytest.approx((w * s).sum(), rel=1e-5)
+            assert summed[i, g] == pytest.approx(s.sum(), rel=1e-5)
+
+
+def test_top_k_against_argsort():
+    rng = np.random.default_rng(0)
+    query, corpus = rng.normal(size=(5, 8)), rng.normal(size=(50, 8))
+    scores, idx = AirRep.top_k(query, corpus, k=3)
+    full = query @ corpus.T
+    np.testing.assert_array_equal(idx, np.argsort(-full, axis=1)[:, :3])
+    np.testing.assert_allclose(scores, np.take_along_axis(full, idx, 1), rtol=1e-5)
+
+
+def test_bf16_encode_close_to_fp32():
+    model = AirRep.from_encoder("minilm", precision="fp32")
+    texts = TEXTS * 3
+    fp32 = model.encode(texts)
+    model.precision = "bf16"
+    bf16 = model.encode(texts)
+    cos = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert cos.min() > 0.999
