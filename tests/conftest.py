@@ -1,0 +1,99 @@
+"""Session fixtures shared by the unit tests: real ShareGPT records and tiny Llama LMs.
+
+The first ``PRETRAIN_COUNT`` ShareGPT records pretrain ``pretrained_tiny_lm``; tests that
+need records the LM has never seen take them from ``heldout_records``, which also leaves
+out every conversation (group) that has a chunk in the pretraining slice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from airrep.config import BaseLLMConfig, DataConfig, TinyLMConfig
+from airrep.data import Record, format_record, load_records
+from airrep.llm import build_tiny_lm, train_tokenizer
+
+PRETRAIN_COUNT = 800
+TOKENIZER_TEXTS = 200
+
+# The tiny LM used by the "labels mean something" and end-to-end tests (small enough to
+# pretrain on 2 CPU cores in well under a minute; cached by content key afterwards).
+TINY_LM = TinyLMConfig(
+    vocab_size=2000, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256,
+    epochs=2, lr=3e-3, batch_size=16,
+)
+TINY_LM_MAX_LENGTH = 128
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The models here are tiny: one thread is as fast as two on an idle 2-core machine, and
+    # OpenMP threads that spin-wait for a busy core make every op ~10x slower under load.
+    torch.set_num_threads(1)
+
+
+@dataclass
+class TinyModel:
+    model: LlamaForCausalLM
+    tokenizer: object
+    path: Path
+
+
+@pytest.fixture(scope="session")
+def sharegpt_records() -> list[Record]:
+    return load_records(DataConfig(source="sharegpt"))[0]
+
+
+@pytest.fixture(scope="session")
+def pretrain_records(sharegpt_records: list[Record]) -> list[Record]:
+    """The slice ``pretrained_tiny_lm`` is trained on; never a dev or train record elsewhere."""
+    return sharegpt_records[:PRETRAIN_COUNT]
+
+
+@pytest.fixture(scope="session")
+def heldout_records(sharegpt_records: list[Record], pretrain_records: list[Record]) -> list[Record]:
+    """Records after the pretraining slice whose conversation has no chunk in it."""
+    seen_groups = {r.group_id for r in pretrain_records}
+    return [r for r in sharegpt_records[PRETRAIN_COUNT:] if r.group_id not in seen_groups]
+
+
+@pytest.fixture(scope="session")
+def tiny_random_lm(sharegpt_records: list[Record], tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """A randomly initialised 1-layer Llama with a 500-token BPE vocabulary, saved as safetensors."""
+    tokenizer = train_tokenizer([format_record(r) for r in sharegpt_records[:TOKENIZER_TEXTS]], 500)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=160,
+        tie_word_embeddings=True, attention_dropout=0.0,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(1234)
+    model = LlamaForCausalLM(config)
+    model.eval()
+    path = tmp_path_factory.mktemp("tiny_random_lm")
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return TinyModel(model=model, tokenizer=tokenizer, path=path)
+
+
+@dataclass(frozen=True)
+class TinyLMSettings:
+    config: BaseLLMConfig
+    max_length: int
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_settings() -> TinyLMSettings:
+    """What ``pretrained_tiny_lm`` is built with (the end-to-end test reuses the sizes)."""
+    return TinyLMSettings(BaseLLMConfig(tiny=TINY_LM), TINY_LM_MAX_LENGTH)
+
+
+@pytest.fixture(scope="session")
+def pretrained_tiny_lm(pretrain_records: list[Record], tiny_lm_settings: TinyLMSettings) -> Path:
+    """The tiny LM pretrained on ``pretrain_records`` (cached under the airrep cache dir)."""
+    return build_tiny_lm(pretrain_records, tiny_lm_settings.config, max_length=tiny_lm_settings.max_length)
