@@ -1,45 +1,31 @@
-"""The whole pipeline in one process, without an orchestrator.
-
-sample → fine-tune subsets → normalize → train AirRep → build benchmark → evaluate.
-Used by ``airrep run --local`` and by tests; the Prefect flows call the same functions.
-"""
+"""Assemble published pieces (index, records, label and loss arrays) into the shapes the
+trainer and the evaluator take, and the LDS table's list of methods."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from airrep.config import PipelineConfig, save_config
+from airrep.config import PipelineConfig
 from airrep.data import Record, format_record
-from airrep.evaluate import BenchmarkData, LDSTable, embedding_scores, evaluate_methods, group_lds, tfidf_scores
-from airrep.label_generation import FinetuneRunner, benchmark_losses, generate_labels, load_split_labels, prepare
+from airrep.evaluate import (
+    BenchmarkData,
+    embedding_scores,
+    tfidf_scores,
+)
 from airrep.model import AirRep
 from airrep.sampling import SubsetIndex
-from airrep.train import TrainingCurve, TrainingSplit, train_airrep
+from airrep.train import TrainingSplit
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RunResult:
-    out_dir: Path
-    model_dir: Path
-    table: LDSTable
-    curve: TrainingCurve
-    artifacts: dict[str, Path]
-    llm_fingerprint: str
-    finetunes_computed: int
-    finetunes_skipped: int
-
-
-def training_splits(index: SubsetIndex, by_id: dict[str, Record], label_files: list[Path]) -> list[TrainingSplit]:
+def training_splits(index: SubsetIndex, by_id: dict[str, Record],
+                    split_labels: list[dict[str, np.ndarray]]) -> list[TrainingSplit]:
     """The labelled splits in the shape the trainer wants (texts + index arrays)."""
     splits = []
-    for split, path in zip(index.splits, label_files, strict=True):
-        data = load_split_labels(path)
+    for split, data in zip(index.splits, split_labels, strict=True):
         position = {rid: i for i, rid in enumerate(split.pool)}
         splits.append(TrainingSplit(
             dev_texts=[format_record(by_id[i]) for i in split.dev],
@@ -93,28 +79,3 @@ def _gradient_method(name: str, config: PipelineConfig, llm_path: str):
                                  max_length=config.evaluate.gradient_max_length, seed=config.seed)
         return result.scores, result.dim
     return score
-
-
-def run_all(config: PipelineConfig) -> RunResult:
-    out = config.work_path / config.name
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
-    prepared = prepare(config)
-    by_id, index, llm_path, llm_fp = prepared
-    labels = generate_labels(config, out / "labels", prepared=prepared)
-    runner = FinetuneRunner(config, by_id, llm_path, llm_fp)
-    losses, repeat = benchmark_losses(config, runner, index, config.evaluate.noise_ceiling)
-    bench = benchmark_data(index, by_id, losses, repeat)
-    np.savez(out / "benchmark_losses.npz", losses=losses, **({"repeat": repeat} if repeat is not None else {}))
-
-    def held_out_lds(model: AirRep) -> float:
-        sims, _ = embedding_scores(model, bench.test, bench.pool)
-        return group_lds(sims, bench, "attention")
-
-    model_dir = out / "model"
-    trained, curve = train_airrep(training_splits(index, by_id, labels.split_files), config.train,
-                                  out_dir=model_dir, evaluate=held_out_lds)
-    table = evaluate_methods(bench, build_methods(config, trained, llm_path))
-    artifacts = table.save(out / "evaluation")
-    return RunResult(out, model_dir, table, curve, artifacts, llm_fp,
-                     labels.computed + runner.computed, labels.skipped + runner.skipped)

@@ -151,6 +151,7 @@ class TrainConfig(_Section):
     t_min: float = Field(0.1, ge=0)
     t_max: float = Field(5.0, gt=0)
     encode_chunk: int = Field(64, gt=0)
+    trainable_layers: int | None = Field(None, ge=0)  # None: the whole encoder; k: its top k layers
     precision: Literal["bf16", "fp32"] = "bf16"
     eval_every: int = Field(100, gt=0)
     checkpoint_every: int = Field(500, gt=0)
@@ -172,6 +173,40 @@ class EvaluateConfig(_Section):
     gradient_max_length: int = Field(160, ge=8)
 
 
+class StorageConfig(_Section):
+    """Artifact store: a local directory (default) or ``s3://bucket/prefix``.
+
+    S3 credentials and endpoint come only from the environment (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for MinIO and other S3-compatible
+    servers), never from this file, so they never reach logs, params or artifacts.
+    """
+
+    uri: str = ".work/artifacts"
+    max_attempts: int = Field(8, gt=0)
+
+
+class TrackingConfig(_Section):
+    """MLflow tracking + model registry (sqlite file by default, registry included)."""
+
+    uri: str | None = None  # default: sqlite:///<work_dir>/mlflow.db
+    experiment: str = "airrep"
+    artifact_location: str | None = None  # default: <work_dir>/mlartifacts, or <storage uri>/mlflow on S3
+    registered_model: str | None = None  # default: airrep-<data source>
+    promotion_margin: float = Field(0.0, ge=0)
+    top_k: int = Field(10, gt=0)
+
+
+class OrchestrationConfig(_Section):
+    """How subset fine-tunes fan out: threads on this machine, or a Dask cluster."""
+
+    runner: Literal["local", "dask"] = "local"
+    max_workers: int | None = Field(None, gt=0)  # default: one per 2 CPU cores, at least 1
+    dask_address: str | None = None  # e.g. tcp://scheduler:8786; None starts a local cluster
+    task_retries: int = Field(3, ge=0)
+    task_retry_delay_seconds: float = Field(5.0, ge=0)
+    finetune_timeout_seconds: float = Field(3600.0, gt=0)
+
+
 class PipelineConfig(_Section):
     """Everything one pipeline run needs; see ``configs/`` for complete examples."""
 
@@ -184,6 +219,9 @@ class PipelineConfig(_Section):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     def fingerprint(self) -> str:
         """A short hash of the whole config, for tags and cache keys."""

@@ -95,6 +95,22 @@ class AirRepModel(PreTrainedModel):
             raise ValueError(f"encoder weights do not fit: missing {missing}, unexpected {unexpected}")
         return model
 
+    def freeze_below(self, trainable_layers: int | None) -> None:
+        """Train only the encoder's top ``trainable_layers`` blocks (and the projection).
+
+        On CPUs this cuts the backward pass to the top of the network; ``None`` trains all.
+        """
+        if trainable_layers is None:
+            return
+        blocks = next((m for m in self.encoder.modules() if isinstance(m, nn.ModuleList) and len(m) > 1), None)
+        if blocks is None:
+            raise ValueError("cannot find the encoder's layer list to freeze")
+        for param in self.encoder.parameters():
+            param.requires_grad_(False)
+        for block in list(blocks)[len(blocks) - trainable_layers :] if trainable_layers else []:
+            for param in block.parameters():
+                param.requires_grad_(True)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)

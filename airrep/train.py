@@ -145,7 +145,9 @@ def train_airrep(
     airrep = airrep or AirRep.from_encoder(config.encoder, precision=config.precision)
     model = airrep.model
     model.config.max_tokens = config.max_tokens
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    model.freeze_below(config.trainable_layers)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     schedule = get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
     model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
     core = accelerator.unwrap_model(model)
@@ -164,7 +166,7 @@ def train_airrep(
                                  device=accelerator.device)  # (n_ref, topk)
         loss, scores = ranking_step(core, tokens[k][0], dev_rows, tokens[k][1], split.subsets[chosen],
                                     target, config)
-        accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+        accelerator.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,23 +1,36 @@
-"""The ``airrep`` command line: run the pipeline or one of its stages."""
+"""The ``airrep`` command line: run the pipeline or one stage, attribute, watch.
+
+Each pipeline command runs the same Prefect flow as the deployment of the same name in
+``prefect.yaml``, with the same parameters (a config path and ``--set`` overrides).
+Without ``PREFECT_API_URL`` Prefect starts a temporary local API for the run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import statistics
+import os
 import sys
 from collections.abc import Sequence
 
 from airrep.config import ConfigError, load_config
 
 DESCRIPTION = """\
-AirRep: learned training-data attribution.
+AirRep: learned training-data attribution, as an orchestrated pipeline.
 
-Stages: sample cross-validation splits and subsets, fine-tune the base LLM on every
-subset and record per-example dev losses, normalize them into attribution labels.
-Configuration comes from a YAML file (configs/tiny.yaml for CPU, configs/paper.yaml for
-the paper's GPU setting), then AIRREP__SECTION__KEY environment variables, then
---set section.key=value overrides.
+  run        the whole pipeline: sample splits, fine-tune the base LLM on every subset,
+             normalize labels, train AirRep, evaluate by LDS against baselines, register
+             the model in MLflow and promote it to champion if it beats the current one
+  labels     stages 1-3 only (sample, fine-tune subsets, normalize)
+  train      train, evaluate, register and promote on published labels
+  evaluate   the LDS table for a trained AirRep directory on the benchmark
+  attribute  top-k training examples for texts, from a registered model or a path
+  watch      retrain when the base LLM's fingerprint differs from the champion's
+
+Configuration: a YAML file (configs/tiny.yaml for CPU, configs/paper.yaml for the paper's
+GPU setting), then AIRREP__SECTION__KEY environment variables, then --set overrides.
+Finished subset fine-tunes are published under content keys and never recomputed.
 """
 
 
@@ -33,65 +46,179 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    labels = commands.add_parser(
-        "labels", help="generate attribution labels (sample, fine-tune every subset, normalize)",
-        description="Fine-tune the base LLM on every subset of every split and normalize the dev "
-                    "losses into labels. Finished fine-tunes are skipped, so a re-run resumes.")
-    _add_config_args(labels)
-    labels.add_argument("--out", help="output directory (default: <work_dir>/<name>/labels)")
-    run = commands.add_parser(
-        "run", help="the whole pipeline: labels, benchmark, train AirRep, LDS table against baselines",
-        description="Generate labels, fine-tune the held-out benchmark subsets, train AirRep and "
-                    "evaluate it by LDS against TF-IDF, the untrained encoder and gradient methods.")
+
+    run = commands.add_parser("run", help="the whole pipeline (the 'pipeline' deployment)",
+                              description="Run every stage in order and print the LDS table.")
     _add_config_args(run)
+
+    labels = commands.add_parser("labels", help="sample, fine-tune every subset, normalize",
+                                 description="Generate attribution labels (the 'label-generation' "
+                                             "deployment). A re-run resumes where the last stopped.")
+    _add_config_args(labels)
+
+    train = commands.add_parser("train", help="train, evaluate, register and promote",
+                                description="Train AirRep on the labels (generated first if missing), "
+                                            "evaluate it and promote it if it beats the champion.")
+    _add_config_args(train)
+
+    evaluate = commands.add_parser("evaluate", help="LDS table for a trained AirRep directory",
+                                   description="Evaluate a saved AirRep (an HF directory) and the "
+                                               "baselines on the config's held-out benchmark.")
+    _add_config_args(evaluate)
+    evaluate.add_argument("model", help="path to a saved AirRep model directory")
+
+    attribute = commands.add_parser("attribute", help="top-k training examples for texts",
+                                    description="Print the training examples that AirRep attributes "
+                                                "each text to, from a registered model.")
+    _add_config_args(attribute)
+    attribute.add_argument("texts", nargs="+", help="texts to attribute (formatted like training examples)")
+    attribute.add_argument("--model", help="models:/NAME@champion (default) or a path to a logged pyfunc")
+    attribute.add_argument("-k", "--top-k", type=int, default=5, help="how many examples (default: %(default)s)")
+    attribute.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+
+    watch = commands.add_parser("watch", help="retrain if the base LLM changed",
+                                description="Compare the base LLM's fingerprint with the champion's "
+                                            "tag and run the pipeline on a change.")
+    _add_config_args(watch)
+    watch.add_argument("--trigger", choices=["inline", "event"], default="inline",
+                       help="inline: run the pipeline here; event: only emit the Prefect event that "
+                            "the deployment trigger in prefect.yaml reacts to (default: %(default)s)")
     return parser
 
 
+def _print_result(result: dict) -> None:
+    evaluation, registry = result["evaluation"], result["registry"]
+    print(f"\nfine-tunes: {result['finetunes_computed']} run now, "
+          f"{result['finetunes_skipped']} already finished and skipped")
+    curve = result["model"]["curve"]
+    print(f"AirRep training: {len(curve['step'])} steps, {curve['seconds']:.0f} s, final loss {curve['loss'][-1]:.4f}"
+          + (" (reused: labels and settings unchanged)" if result["model"]["skipped"] else ""))
+    print("\nLDS on held-out subsets (×100):\n")
+    print(evaluation["markdown"])
+    print(f"\nplot: {evaluation['files']['plot']}")
+    state = "promoted to champion" if registry["promoted"] else f"challenger (champion is v{registry['champion']})"
+    print(f"registered model: {registry['name']} version {registry['version']}, {state}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from airrep.local_run import run_all
+    from flows.pipeline import pipeline
 
     config = load_config(args.config, args.overrides)
-    result = run_all(config)
-    print(f"\nfine-tunes: {result.finetunes_computed} run now, "
-          f"{result.finetunes_skipped} already finished and skipped")
-    print(f"trained AirRep: {result.model_dir}")
-    print(f"training: {len(result.curve.step)} steps in {result.curve.seconds:.0f} s, final loss "
-          f"{result.curve.loss[-1]:.4f}; held-out LDS by step: "
-          + ", ".join(f"{s}: {100 * v:.2f}" for s, v in zip(result.curve.eval_step, result.curve.eval_lds)))
-    print("\nLDS on held-out subsets (×100):\n")
-    print(result.table.to_markdown())
-    print(f"\nplot: {result.artifacts['plot']}")
+    result = pipeline(args.config, args.overrides)
+    _print_result(result)
+    _print_ui_hints(config)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from flows.train_evaluate_promote import train_evaluate_promote
+
+    config = load_config(args.config, args.overrides)
+    _print_result(train_evaluate_promote(args.config, args.overrides))
+    _print_ui_hints(config)
     return 0
 
 
 def cmd_labels(args: argparse.Namespace) -> int:
-    from airrep.label_generation import generate_labels, load_split_labels
+    from flows.label_generation import label_generation
 
-    config = load_config(args.config, args.overrides)
-    run = generate_labels(config, args.out)
-    print(f"\nlabels written to {run.out_dir}")
-    print(f"base LLM: {run.llm_path} ({run.llm_fingerprint})")
-    print(f"fine-tunes: {run.computed} run now, {run.skipped} already finished and skipped")
-    if run.seconds_per_finetune:
-        print(f"time per subset fine-tune: {statistics.mean(run.seconds_per_finetune):.2f} s "
-              f"({3600 / statistics.mean(run.seconds_per_finetune):.0f} per hour), "
-              f"training throughput {statistics.mean(run.tokens_per_second):.0f} tokens/s")
-    for path in run.split_files:
-        split = load_split_labels(path)
-        losses = split["losses"]
-        print(f"  {path.name}: losses {losses.shape} (subsets x dev) mean {losses.mean():.3f} "
-              f"std across subsets {losses.std(axis=0).mean():.4f}; labels in "
-              f"[{split['labels'].min():.2f}, {split['labels'].max():.2f}]")
+    load_config(args.config, args.overrides)
+    result = label_generation(args.config, args.overrides)
+    print(f"\nfine-tunes: {result['computed']} run now, {result['skipped']} already finished and skipped")
+    print(f"base LLM fingerprint: {result['llm']['fingerprint']}")
+    print("labels published at:\n  " + "\n  ".join(result["label_keys"]))
     return 0
 
 
-COMMANDS = {"labels": cmd_labels, "run": cmd_run}
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from flows.evaluate import evaluate_model
+
+    load_config(args.config, args.overrides)
+    result = evaluate_model(args.config, args.overrides, args.model)
+    print("\nLDS on held-out subsets (×100):\n")
+    print(result["markdown"])
+    print(f"\nplot: {result['files']['plot']}")
+    return 0
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from infra import tracking
+
+    config = load_config(args.config, args.overrides)
+    tracking.ensure_experiment(config)
+    uri = args.model or f"models:/{tracking.registered_model_name(config)}@champion"
+    model = mlflow.pyfunc.load_model(uri)
+    import pandas as pd
+
+    hits = model.predict(pd.DataFrame({"text": args.texts}), params={"top_k": args.top_k})
+    if args.json:
+        for row in hits.to_dict(orient="records"):
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    for query, group in hits.groupby("query"):
+        print(f"\n[{query}] {args.texts[int(query)][:100]}")
+        for row in group.itertuples():
+            print(f"  {row.rank}. {row.train_id}  score {row.score:.3f}  {row.text[:90]!r}")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from flows.watch_base_llm import watch_base_llm
+
+    load_config(args.config, args.overrides)
+    result = watch_base_llm(args.config, args.overrides, trigger=args.trigger)
+    if not result["changed"]:
+        print(f"base LLM unchanged ({result['fingerprint']}): nothing to retrain")
+    else:
+        print(f"base LLM changed: {result['previous']} -> {result['fingerprint']}")
+        if result["pipeline"]:
+            _print_result(result["pipeline"])
+    return 0
+
+
+def _print_ui_hints(config) -> None:
+    from infra import tracking
+
+    print("\nlook at it:")
+    print(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri {tracking.tracking_uri(config)} "
+          "--port 5000   (then http://127.0.0.1:5000)")
+    home = os.environ.get("PREFECT_HOME", "~/.prefect")
+    print(f"  Prefect: PREFECT_HOME={home} .venv/bin/prefect server start   (then http://127.0.0.1:4200)")
+
+
+COMMANDS = {"run": cmd_run, "labels": cmd_labels, "train": cmd_train, "evaluate": cmd_evaluate,
+            "attribute": cmd_attribute, "watch": cmd_watch}
+
+
+class _OnceFilter(logging.Filter):
+    """Prefect repeats a warning that thread-pool timeouts cannot interrupt a running task
+    for every fine-tune; say it once."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix, self.seen = prefix, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(self.prefix):
+            return True
+        seen, self.seen = self.seen, True
+        return not seen
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not verbose:
+        for noisy in ("httpx", "httpcore", "botocore", "urllib3", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("prefect.task_runs").addFilter(_OnceFilter("Timeout of"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging(args.verbose)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

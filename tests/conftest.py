@@ -1,4 +1,6 @@
-"""Session fixtures shared by the unit tests: real ShareGPT records and tiny Llama LMs.
+"""Session fixtures shared by the tests: real ShareGPT records, tiny Llama LMs, and a real
+S3 server (``moto_server`` on 127.0.0.1, its own process, spoken to over HTTP exactly as
+MinIO or AWS would be; nothing inside boto3 is patched).
 
 The first ``PRETRAIN_COUNT`` ShareGPT records pretrain ``pretrained_tiny_lm``; tests that
 need records the LM has never seen take them from ``heldout_records``, which also leaves
@@ -7,9 +9,18 @@ out every conversation (group) that has a chunk in the pretraining slice.
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -97,3 +108,73 @@ def tiny_lm_settings() -> TinyLMSettings:
 def pretrained_tiny_lm(pretrain_records: list[Record], tiny_lm_settings: TinyLMSettings) -> Path:
     """The tiny LM pretrained on ``pretrain_records`` (cached under the airrep cache dir)."""
     return build_tiny_lm(pretrain_records, tiny_lm_settings.config, max_length=tiny_lm_settings.max_length)
+
+
+# --- S3 ---------------------------------------------------------------------------------
+
+S3_KEY_ID = "testing-key-id"
+S3_SECRET = "testing-secret"
+SERVER_START_TIMEOUT = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers_http(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=1).close()
+    except urllib.error.HTTPError:
+        return True  # any HTTP status means the server is up
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The endpoint URL of a moto S3 server process, terminated at the end of the session."""
+    script = Path(sys.executable).parent / "moto_server"
+    if not script.exists():
+        pytest.fail(f"{script} not found: install the dev extras (moto[server]) into this venv")
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([str(script), "-H", "127.0.0.1", "-p", str(port)],
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while not _answers_http(endpoint):
+            if process.poll() is not None:
+                pytest.fail(f"moto_server exited with {process.returncode}:\n{log_path.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"moto_server did not answer on {endpoint} within {SERVER_START_TIMEOUT:.0f} s")
+            time.sleep(0.05)
+        yield endpoint
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """Point boto3 at the server through the environment only; yield ``s3://<fresh bucket>/prefix``."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    # Keep the developer's own AWS setup out of the tests.
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    bucket = f"artifacts-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    yield f"s3://{bucket}/prefix"

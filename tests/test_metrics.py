@@ -7,8 +7,8 @@ from airrep.metrics import classification_accuracy, lds
 
 def slow_lds(pred, losses):
     values = []
-    for p, l in zip(pred, losses, strict=True):
-        rho = spearmanr(p, -l).statistic
+    for p, loss_row in zip(pred, losses, strict=True):
+        rho = spearmanr(p, -loss_row).statistic
         values.append(0.0 if np.isnan(rho) else rho)
     return float(np.mean(values))
 

@@ -1,0 +1,288 @@
+"""Gradient-based training-data attribution on the base LLM, taken from dattri 0.3.0.
+
+The paper compares AirRep with attribution methods that read the base LLM's gradients.
+They are not reimplemented here: each one is the maintained implementation in dattri
+(``dattri.algorithm``, Deng et al., "dattri: a library for efficient data attribution",
+NeurIPS 2024 D&B), fed the project's own loss. This module only supplies that loss and the
+batches, and turns dattri's ``(n_train, n_test)`` result into ``(n_test, n_train)`` scores.
+
+- **LoGra** (Choe et al., 2024, "What is your data worth to GPT?"): influence functions
+  on gradients of every ``nn.Linear`` layer, projected per layer by a Kronecker product of
+  two small Gaussian projections (input side x output side) so that the full gradient is
+  never formed; the Hessian is the per-layer empirical Fisher of the projected train
+  gradients. ``dattri.algorithm.logra.LoGraAttributor``; ``proj_dim`` is per layer (a
+  perfect square), so a train example stores ``proj_dim x n_linear_layers`` numbers.
+- **TracIn** (Pruthi et al., 2020): the dot product of a test and a train loss gradient,
+  summed over checkpoints weighted by learning rate. Only the base model is available, so
+  this is the one-checkpoint form (Grad-Dot), on all parameters, randomly projected to
+  ``proj_dim`` numbers. ``dattri.algorithm.tracin.TracInAttributor``.
+- **TRAK** (Park et al., 2023): projected gradients of the model output function
+  ``log(p / (1 - p))`` with ``p = exp(-loss)``, the train-set kernel ``(X^T X)^{-1}``
+  and the per-example weight ``1 - p`` (the output function and ``p`` for language models
+  are those of dattri's own GPT-2/WikiText experiment). One checkpoint, no ensemble.
+  ``dattri.algorithm.trak.TRAKAttributor``.
+
+All three run on a Llama-architecture HF causal LM (its ``nn.Linear`` layers are what
+LoGra hooks; GPT-2's ``Conv1D`` would need converting first).
+
+The loss is the project's fine-tuning loss: the mean cross-entropy over an example's
+response tokens (``tokenize_records`` masks the prompt). Batches are right-padded and the
+model sees no attention mask: under causal attention a real position never attends to the
+padding after it, so the logits of real positions are exactly those of the unpadded
+example, and the loss never reads padded positions. This keeps the per-example function
+free of data-dependent masking, which ``torch.func.vmap`` (TracIn, TRAK) cannot trace.
+
+Sign: a higher score means the train example is more helpful, i.e. training on it lowers
+the test example's loss (TracIn: ``g_test . g_train``; LoGra: ``g_test H^-1 g_train``;
+TRAK: positive when the train example raises the test example's log-odds).
+
+Where this departs from dattri's defaults, and why:
+
+- TracIn and TRAK: projection ``device`` follows the model and ``proj_seed`` is ``seed``
+  (dattri's defaults otherwise: 512 dimensions, Gaussian projection). Their projector
+  settings are a module-level dict that dattri mutates on construction; each attributor
+  here gets its own copy instead, so one call cannot change the next.
+- LoGra: ``proj_seed`` is ``seed`` (LoGraAttributor has no seed argument; dattri uses 0).
+  Its compressor is wrapped in ``torch.compile``; it runs in eager mode here
+  (``torch.compiler.set_stance("force_eager")``), the same arithmetic, because on CPU
+  compiling for every layer and sequence length costs more than it saves.
+- TRAK: dattri's default ``regularization=0`` makes ``X^T X`` singular whenever there are
+  fewer train examples than projection dimensions. It is set to ``TRAK_RELATIVE_DAMPING``
+  times the kernel's mean eigenvalue, estimated from the first train batch (the same
+  relative form LoGra's ``stable_inverse`` uses for its damping).
+- TracIn's train loop recomputes every test gradient once per train batch, so its train
+  batches are made as large as ``TRACIN_GRADIENT_BUDGET`` bytes of per-example gradients
+  allow (never smaller than ``batch_size``); the scores are the same for any batching.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from airrep.data import Record
+from airrep.finetune import IGNORE, TokenizedExample, collate, tokenize_records
+
+log = logging.getLogger(__name__)
+
+METHODS = ("logra", "tracin", "trak")
+# dattri's own defaults: LoGraAttributor(proj_dim=4096) is per layer (64 x 64);
+# TracIn's and TRAK's DEFAULT_PROJECTOR_KWARGS use 512 dimensions for all parameters.
+DEFAULT_PROJ_DIM = {"logra": 4096, "tracin": 512, "trak": 512}
+TRAK_RELATIVE_DAMPING = 1e-3
+TRACIN_GRADIENT_BUDGET = 1 << 30
+
+
+@dataclass
+class GradientScores:
+    scores: np.ndarray  # (n_test, n_train); higher = the train example lowers the test loss more
+    dim: int  # numbers stored per train example
+    seconds: float  # wall time of the whole attribution
+    method: str
+
+
+def response_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over each row's response tokens, ``(batch,)``.
+
+    ``logits`` is ``(batch, seq, vocab)``; ``labels`` is ``(batch, seq)`` with ``IGNORE`` on
+    prompt and padding positions. Position ``t`` predicts token ``t + 1``.
+    """
+    targets = labels[:, 1:]
+    token_losses = nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="none"
+    ).view_as(targets)
+    counts = (targets != IGNORE).sum(dim=1).clamp_min(1)
+    return token_losses.sum(dim=1) / counts
+
+
+class _MeanResponseLoss(nn.Module):
+    """The LM with a forward that returns the batch mean of the per-example losses.
+
+    LoGra hooks the ``nn.Linear`` layers of this module and reads ``outputs.loss``; its
+    compressor multiplies by the batch size, which turns the gradient of this batch mean
+    back into each example's own gradient.
+    """
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> SimpleNamespace:
+        logits = self.lm(input_ids=input_ids).logits
+        return SimpleNamespace(loss=response_losses(logits, labels).mean())
+
+
+def _tensor_batch(examples: Sequence[TokenizedExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = collate(examples, pad_id)
+    return batch["input_ids"], batch["labels"]
+
+
+def _dict_batch(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    input_ids, labels = _tensor_batch(examples, pad_id)
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def _loader(examples: Sequence[TokenizedExample], pad_id: int, batch_size: int, as_dict: bool) -> DataLoader:
+    """An unshuffled loader (dattri maps batch ``i`` to rows ``i * batch_size ...``)."""
+    make = _dict_batch if as_dict else _tensor_batch
+    return DataLoader(list(examples), batch_size=batch_size, shuffle=False,
+                      collate_fn=lambda chunk: make(chunk, pad_id))
+
+
+def _per_example_functions(lm: nn.Module) -> tuple[Callable, Callable, Callable]:
+    """``torch.func``-style functions of ``(params, one_example)`` for TracIn and TRAK.
+
+    dattri vmaps them over the batch, so each sees a single ``(input_ids, labels)`` pair
+    without its batch dimension. Returns ``(loss, trak_output, trak_probability)``.
+    """
+
+    def loss(params, example):
+        input_ids, labels = example
+        logits = torch.func.functional_call(lm, params, (), {"input_ids": input_ids.unsqueeze(0)}).logits
+        return response_losses(logits, labels.unsqueeze(0))[0]
+
+    def trak_output(params, example):
+        # TRAK's output function log(p / (1 - p)) with p = exp(-loss), as in dattri's LM example.
+        log_p = -loss(params, example)
+        return log_p - torch.log(-torch.expm1(log_p))
+
+    def trak_probability(params, example):
+        return torch.exp(-loss(params, example))
+
+    return loss, trak_output, trak_probability
+
+
+def _length_order(examples: Sequence[TokenizedExample]) -> np.ndarray:
+    """Indices that sort examples by length, so a batch pads to similar lengths."""
+    return np.argsort([len(e.input_ids) for e in examples], kind="stable")
+
+
+def _num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _logra(lm, train, test, pad_id, proj_dim, batch_size, seed, device) -> tuple[torch.Tensor, int]:
+    from dattri.algorithm.logra import LoGraAttributor
+    from dattri.task import AttributionTask
+
+    wrapped = _MeanResponseLoss(lm)
+
+    def batch_loss(model, batch, device):
+        return model(**{k: v.to(device) for k, v in batch.items()}).loss
+
+    task = AttributionTask(loss_func=batch_loss, model=wrapped, checkpoints=wrapped.state_dict())
+    attributor = LoGraAttributor(task=task, device=device, proj_dim=proj_dim, offload="none")
+    attributor.sparsifier_kwargs["proj_seed"] = seed
+    train_loader = _loader(train, pad_id, batch_size, as_dict=True)
+    with torch.compiler.set_stance("force_eager"):
+        attributor.cache(train_loader)
+        scores = attributor.attribute(train_loader, _loader(test, pad_id, batch_size, as_dict=True))
+    return scores, int(attributor.total_proj_dim)
+
+
+def _projector_kwargs(proj_dim: int, seed: int, device: str, defaults: dict) -> dict:
+    return {**copy.deepcopy(defaults), "proj_dim": proj_dim, "proj_seed": seed, "device": device}
+
+
+def _tracin(lm, train, test, pad_id, proj_dim, batch_size, seed, device) -> tuple[torch.Tensor, int]:
+    from dattri.algorithm import tracin
+    from dattri.task import AttributionTask
+
+    loss, _, _ = _per_example_functions(lm)
+    task = AttributionTask(loss_func=loss, model=lm, checkpoints=lm.state_dict())
+    attributor = tracin.TracInAttributor(
+        task=task, weight_list=torch.ones(1), normalized_grad=False, device=device
+    )
+    attributor.projector_kwargs = _projector_kwargs(proj_dim, seed, device, tracin.DEFAULT_PROJECTOR_KWARGS)
+    train_batch = max(batch_size, TRACIN_GRADIENT_BUDGET // (4 * _num_params(lm)))
+    scores = attributor.attribute(
+        _loader(train, pad_id, min(train_batch, len(train)), as_dict=False),
+        _loader(test, pad_id, batch_size, as_dict=False),
+    )
+    return scores, proj_dim
+
+
+def _trak(lm, train, test, pad_id, proj_dim, batch_size, seed, device) -> tuple[torch.Tensor, int]:
+    from dattri.algorithm import trak
+    from dattri.task import AttributionTask
+
+    _, output, probability = _per_example_functions(lm)
+    task = AttributionTask(loss_func=output, model=lm, checkpoints=lm.state_dict())
+    train_loader = _loader(train, pad_id, batch_size, as_dict=False)
+    regularization = _trak_regularization(task, train_loader, proj_dim, len(train))
+    attributor = trak.TRAKAttributor(
+        task=task, correct_probability_func=probability, device=device, regularization=regularization
+    )
+    attributor.projector_kwargs = _projector_kwargs(proj_dim, seed, device, trak.DEFAULT_PROJECTOR_KWARGS)
+    attributor.cache(train_loader)
+    with torch.no_grad():
+        scores = attributor.attribute(_loader(test, pad_id, batch_size, as_dict=False))
+    return scores, proj_dim
+
+
+def _trak_regularization(task, train_loader: DataLoader, proj_dim: int, n_train: int) -> float:
+    """``TRAK_RELATIVE_DAMPING`` x the mean eigenvalue of TRAK's kernel ``X^T X``.
+
+    The trace of ``X^T X`` is the summed squared norm of the projected, scaled gradients;
+    a Gaussian projection keeps norms in expectation, so the first batch's unprojected
+    gradient norms (scaled as TRAK scales them, by ``1 / sqrt(n_params)``) estimate it.
+    """
+    params, _ = task.get_param(ckpt_idx=0)
+    first = next(iter(train_loader))
+    gradients = torch.nan_to_num(task.get_grad_loss_func(in_dims=(None, 0))(params, first))
+    mean_square = float((gradients.pow(2).sum(dim=1) / params.numel()).mean())
+    return TRAK_RELATIVE_DAMPING * mean_square * n_train / proj_dim
+
+
+_RUNNERS = {"logra": _logra, "tracin": _tracin, "trak": _trak}
+
+
+def gradient_scores(
+    method: str,
+    model: torch.nn.Module,
+    tokenizer,
+    train_records: Sequence[Record],
+    test_records: Sequence[Record],
+    max_length: int = 160,
+    proj_dim: int | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> GradientScores:
+    """Attribution scores of every train record for every test record, ``(n_test, n_train)``.
+
+    ``method`` is ``"logra"``, ``"tracin"`` or ``"trak"``; ``proj_dim`` defaults to dattri's
+    default for that method (``DEFAULT_PROJ_DIM``). ``model`` (an fp32 HF causal LM) is
+    copied, never modified. ``dim`` is the number of values stored per train example.
+    """
+    if method not in _RUNNERS:
+        raise ValueError(f"unknown gradient baseline {method!r}; choose one of {', '.join(METHODS)}")
+    if not train_records or not test_records:
+        raise ValueError("gradient_scores needs at least one train and one test record")
+    proj_dim = DEFAULT_PROJ_DIM[method] if proj_dim is None else proj_dim
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train = tokenize_records(tokenizer, train_records, max_length)
+    test = tokenize_records(tokenizer, test_records, max_length)
+    train_order, test_order = _length_order(train), _length_order(test)
+    lm = copy.deepcopy(model).float().eval()
+    device = str(next(lm.parameters()).device)
+    sorted_scores, dim = _RUNNERS[method](
+        lm, [train[i] for i in train_order], [test[i] for i in test_order], pad_id, proj_dim,
+        batch_size, seed, device,
+    )  # (n_train, n_test), both in length order
+    scores = np.empty((len(test), len(train)), dtype=np.float64)
+    scores[np.ix_(test_order, train_order)] = sorted_scores.detach().cpu().double().numpy().T
+    seconds = time.perf_counter() - start
+    log.info("%s scores for %d test x %d train in %.1f s (%d numbers per train example)",
+             method, len(test), len(train), seconds, dim)
+    return GradientScores(scores=scores, dim=dim, seconds=seconds, method=method)

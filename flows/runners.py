@@ -1,0 +1,34 @@
+"""The fan-out task runner is configuration (``orchestration`` section), not code.
+
+- ``local``: a thread pool on this machine, one worker per 2 cores by default; torch's
+  intra-op threads are divided among the workers so they do not oversubscribe the CPU.
+- ``dask``: ``prefect-dask``'s ``DaskTaskRunner``, on an existing cluster
+  (``dask_address``, e.g. one GPU per worker) or a local one started for the run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from airrep.config import OrchestrationConfig
+
+
+def default_workers() -> int:
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def task_runner(config: OrchestrationConfig):
+    if config.runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if config.dask_address:
+            return DaskTaskRunner(address=config.dask_address)
+        workers = config.max_workers or default_workers()
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
+                                              "processes": True})
+    workers = config.max_workers or default_workers()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    return ThreadPoolTaskRunner(max_workers=workers)

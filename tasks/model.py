@@ -1,0 +1,147 @@
+"""Model tasks: train AirRep, evaluate it by LDS, register and promote it, fingerprint the LLM."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+from prefect.logging import get_run_logger
+from prefect.tasks import exponential_backoff
+
+from airrep.assemble import benchmark_data, build_methods, training_splits
+from airrep.evaluate import evaluate_methods
+from airrep.llm import fingerprint
+from airrep.model import AirRep
+from airrep.paths import cache_dir
+from airrep.train import train_airrep
+from infra.storage import content_key, safe_key
+from tasks.common import records_by_id, store_for, typed
+from tasks.labels import load_index, load_label_split, local_llm_path, npy_load
+
+
+@task(cache_policy=NONE, retries=1, retry_delay_seconds=10)
+def train_airrep_task(config: dict[str, Any], index_key: str, label_keys: list[str]) -> dict[str, Any]:
+    """Train AirRep on the published labels and publish the model directory and its curve.
+
+    Keyed by the labels and training settings: a re-run with nothing changed reuses it.
+    """
+    cfg = typed(config)
+    store = store_for(cfg)
+    model_id = content_key(labels=label_keys, train=cfg.train.model_dump(), seed=cfg.seed)
+    key, curve_key = safe_key("models", model_id), safe_key("models", f"{model_id}-curve.json")
+    logger = get_run_logger()
+    if store.exists(key) and store.exists(curve_key):
+        logger.info("AirRep for these labels and settings already published at %s, skipped", key)
+        return {"key": key, "curve": store.get_json(curve_key), "skipped": True}
+    index = load_index(config, index_key)
+    splits = training_splits(index, records_by_id(cfg), [load_label_split(config, k) for k in label_keys])
+    with tempfile.TemporaryDirectory() as tmp:
+        _, curve = train_airrep(splits, cfg.train, out_dir=tmp, show_progress_bar=False)
+        store.put_dir(key, tmp)
+    curve_dict = {k: getattr(curve, k) for k in ("step", "loss", "pair_accuracy", "eval_step", "eval_lds", "seconds")}
+    store.put_json(curve_key, curve_dict)
+    logger.info("trained AirRep in %.0f s (%d steps), final loss %.4f", curve.seconds, len(curve.step),
+                curve.loss[-1])
+    return {"key": key, "curve": curve_dict, "skipped": False}
+
+
+def fetch_model_dir(config: dict[str, Any], key: str) -> Path:
+    """A published model directory on this machine (downloaded once into the cache)."""
+    target = cache_dir("airrep-models", key.replace("/", "_"))
+    if not (target / "config.json").exists():
+        store_for(typed(config)).get_dir(key, target)
+    return target
+
+
+def benchmark_fingerprint(llm_fingerprint: str, index_key: str, config: dict[str, Any]) -> str:
+    """Same benchmark ⇔ same base LLM, same held-out subsets and test set, same fine-tune settings."""
+    cfg = typed(config)
+    return content_key(llm=llm_fingerprint, index=index_key, benchmark=cfg.sampling.benchmark.model_dump(),
+                       finetune=cfg.finetune.model_dump())
+
+
+@task(cache_policy=NONE, retries=1, retry_delay_seconds=10)
+def evaluate_task(config: dict[str, Any], index_key: str, llm: dict[str, str], model_key: str,
+                  loss_keys: list[str], repeat_keys: list[str]) -> dict[str, Any]:
+    """LDS table of AirRep and the baselines on the held-out benchmark; publishes the table,
+    its markdown and plot, and shows the table as a Prefect artifact."""
+    cfg = typed(config)
+    store = store_for(cfg)
+    index = load_index(config, index_key)
+    losses = np.stack([npy_load(store.get_bytes(k)) for k in loss_keys])
+    repeat = np.stack([npy_load(store.get_bytes(k)) for k in repeat_keys]) if repeat_keys else None
+    bench = benchmark_data(index, records_by_id(cfg), losses, repeat)
+    trained = AirRep.from_pretrained(fetch_model_dir(config, model_key), precision=cfg.train.precision)
+    table = evaluate_methods(bench, build_methods(cfg, trained, local_llm_path(config, llm)))
+    out = cfg.work_path / cfg.name / "evaluation" / model_key.rsplit("/", 1)[-1]
+    files = table.save(out)
+    for path in files.values():
+        store.put_file(safe_key("evaluations", model_key.rsplit("/", 1)[-1], path.name), path)
+    create_markdown_artifact(
+        key="lds-table",
+        markdown="## LDS on held-out subsets (×100)\n\n" + table.to_markdown(),
+        description=f"AirRep vs baselines, config {cfg.name}",
+    )
+    airrep_row = next((r for r in table.rows if r.method == "airrep"), None)
+    return {"table": table.to_dict(), "files": {k: str(v) for k, v in files.items()},
+            "lds": airrep_row.lds if airrep_row else float("nan"), "markdown": table.to_markdown()}
+
+
+@task(cache_policy=NONE, retries=2, retry_delay_seconds=exponential_backoff(5))
+def register_and_promote(config: dict[str, Any], index_key: str, llm: dict[str, str], model_key: str,
+                         curve: dict[str, Any], evaluation: dict[str, Any], corpus_fingerprint: str,
+                         bench_fp: str) -> dict[str, Any]:
+    """Log the run to MLflow, register the attribution pyfunc as ``challenger``, and move
+    ``champion`` to it only if it beats the champion on the same benchmark."""
+    from airrep.evaluate import LDSTable, MethodResult
+    from airrep.train import TrainingCurve
+    from infra import tracking
+
+    cfg = typed(config)
+    logger = get_run_logger()
+    index = load_index(config, index_key)
+    by_id = records_by_id(cfg)
+    corpus_ids = sorted({i for s in index.splits for i in s.pool} | set(index.benchmark.pool))
+    table = LDSTable([MethodResult(**r) for r in evaluation["table"]["rows"]], evaluation["table"]["noise_ceiling"])
+    name = tracking.registered_model_name(cfg)
+    tags = tracking.standard_tags(cfg, llm["fingerprint"], corpus_fingerprint, bench_fp, evaluation["lds"])
+    tracking.ensure_experiment(cfg)
+    import mlflow
+
+    with mlflow.start_run(run_name=f"{cfg.name}-{model_key.rsplit('/', 1)[-1][:8]}", tags=tags):
+        mlflow.log_params(tracking.config_params(cfg))
+        tracking.log_training(TrainingCurve(**curve))
+        tracking.log_lds_table(table, {k: Path(v) for k, v in evaluation["files"].items()})
+        version = tracking.log_attribution_model(
+            fetch_model_dir(config, model_key), corpus_ids, [_text(by_id[i]) for i in corpus_ids],
+            name, cfg.tracking.top_k, tags)
+    promoted = tracking.promote(name, version.version, evaluation["lds"], bench_fp, cfg.tracking.promotion_margin)
+    champion = tracking.champion_info(name)
+    logger.info("registered %s version %s (LDS %.4f): %s", name, version.version, evaluation["lds"],
+                "promoted to champion" if promoted else "stays challenger")
+    return {"name": name, "version": str(version.version), "promoted": promoted,
+            "champion": champion["version"] if champion else None}
+
+
+def _text(record) -> str:
+    from airrep.data import format_record
+
+    return format_record(record)
+
+
+@task(cache_policy=NONE, retries=2, retry_delay_seconds=exponential_backoff(2))
+def fingerprint_base_llm(config: dict[str, Any], index_key: str) -> str:
+    """The base LLM's current fingerprint (hub commit or hash of local weights)."""
+    from tasks.labels import prepare_base_llm
+
+    cfg = typed(config)
+    if cfg.base_llm.name in ("tiny",):
+        return prepare_base_llm.fn(config, index_key)["fingerprint"]
+    from airrep.llm import resolve_base_llm
+
+    return fingerprint(resolve_base_llm(cfg.base_llm), cfg.base_llm.revision)

@@ -1,0 +1,106 @@
+"""The dattri gradient baselines on a tiny random Llama: shapes, the loss they read, and
+that a train example identical to a test example is the one they rank first."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from airrep.data import Record, format_record
+from airrep.finetune import collate, make_accelerator, per_example_loss, token_losses, tokenize_records
+from airrep.llm import train_tokenizer
+
+pytest.importorskip("dattri")
+from airrep.baselines.gradient import METHODS, gradient_scores, response_losses  # noqa: E402
+
+WORDS = ("alpha beta gamma delta river stone cloud north south east west fire water earth wind "
+         "sun moon star tree leaf bird fish road hill").split()
+# test record -> the train record it is an exact copy of
+DUPLICATES = {0: 3, 1: 8}
+
+
+def random_record(rng: np.random.Generator, index: int) -> Record:
+    return Record(id=f"r{index}", group_id=f"r{index}", prompt=" ".join(rng.choice(WORDS, 6)),
+                  response=" ".join(rng.choice(WORDS, int(rng.integers(4, 14)))))
+
+
+@pytest.fixture(scope="module")
+def setting():
+    rng = np.random.default_rng(0)
+    records = [random_record(rng, i) for i in range(100)]
+    tokenizer = train_tokenizer([format_record(r) for r in records], 400)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=160,
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    train = records[:12]
+    test = [train[DUPLICATES[0]], train[DUPLICATES[1]], records[50], records[51]]
+    return model, tokenizer, train, test
+
+
+def test_response_losses_match_the_finetune_loss(setting):
+    """No attention mask on right-padded batches gives each example's own loss."""
+    model, tokenizer, train, _ = setting
+    examples = tokenize_records(tokenizer, train, 160)
+    batch = collate(examples, tokenizer.pad_token_id)
+    assert len({len(e.input_ids) for e in examples}) > 1  # the batch really is padded
+    with torch.no_grad():
+        ours = response_losses(model(input_ids=batch["input_ids"]).logits, batch["labels"])
+    reference = per_example_loss(model, examples, tokenizer.pad_token_id, 5, make_accelerator("fp32"))
+    np.testing.assert_allclose(ours.numpy(), reference, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_scores_rank_the_duplicate_first(setting, method):
+    model, tokenizer, train, test = setting
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = gradient_scores(method, model, tokenizer, train, test,
+                             proj_dim=256 if method == "logra" else None, batch_size=5)
+    assert result.method == method
+    assert result.scores.shape == (len(test), len(train))
+    assert np.isfinite(result.scores).all()
+    assert result.dim > 0 and result.seconds > 0
+    for test_index, train_index in DUPLICATES.items():
+        row = result.scores[test_index]
+        assert np.argmax(row) == train_index, (method, np.round(row, 3))
+        assert row[train_index] > 0  # training on the same example lowers its loss
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(p.grad is not None for p in model.parameters())
+
+
+def test_tracin_is_a_projected_gradient_dot_product(setting):
+    """TracIn against exact per-example gradients from a loop over unpadded examples.
+
+    A Gaussian projection to k dimensions estimates a . b with standard deviation
+    sqrt((|a|^2 |b|^2 + (a . b)^2) / k); every score must lie within 5 of them.
+    """
+    model, tokenizer, train, test = setting
+    proj_dim = 2048
+    result = gradient_scores("tracin", model, tokenizer, train, test, proj_dim=proj_dim, batch_size=5)
+
+    def flat_gradient(record):
+        batch = collate(tokenize_records(tokenizer, [record], 160), tokenizer.pad_token_id)
+        losses, _ = token_losses(model, batch)
+        grads = torch.autograd.grad(losses.mean(), list(model.parameters()))
+        return torch.cat([g.flatten() for g in grads]).double()
+
+    train_grads = torch.stack([flat_gradient(r) for r in train])
+    test_grads = torch.stack([flat_gradient(r) for r in test])
+    exact = (test_grads @ train_grads.T).numpy()
+    norms = np.outer(test_grads.norm(dim=1).numpy(), train_grads.norm(dim=1).numpy())
+    tolerance = 5 * np.sqrt((norms**2 + exact**2) / proj_dim)
+    assert np.all(np.abs(result.scores - exact) <= tolerance)
+    assert np.corrcoef(result.scores.ravel(), exact.ravel())[0, 1] > 0.95
+
+
+def test_unknown_method_is_refused(setting):
+    model, tokenizer, train, test = setting
+    with pytest.raises(ValueError, match="unknown gradient baseline"):
+        gradient_scores("grad-cos", model, tokenizer, train, test)
