@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 import mlflow.pyfunc
 import numpy as np
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.entities.model_registry import ModelVersion
@@ -410,6 +411,32 @@ def champion_info(registered_name: str) -> dict[str, Any] | None:
         return None
     return {"version": str(champion.version), "tags": dict(champion.tags), "run_id": champion.run_id,
             "model_uri": f"models:/{registered_name}@{CHAMPION}"}
+
+
+def champion_model_dir(registered_name: str, dest: Path) -> Path | None:
+    """Download the champion's AirRep directory (the pyfunc's ``model`` artifact) into ``dest``."""
+    if champion_info(registered_name) is None:
+        return None
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{registered_name}@{CHAMPION}",
+                                                     dst_path=str(dest)))
+    meta = yaml.safe_load((local / "MLmodel").read_text())
+    return local / meta["flavors"]["python_function"]["artifacts"]["model"]["path"]
+
+
+def rescore_champion(registered_name: str, lds: float, benchmark_fingerprint: str) -> None:
+    """Record the champion's LDS on a new benchmark (after the base LLM changed), so the next
+    promotion compares challenger and champion on the same held-out subsets."""
+    champion = champion_info(registered_name)
+    if champion is None:
+        return
+    client = MlflowClient()
+    previous = champion["tags"].get("benchmark_fingerprint")
+    client.set_model_version_tag(registered_name, champion["version"], "lds", repr(float(lds)))
+    client.set_model_version_tag(registered_name, champion["version"], "benchmark_fingerprint",
+                                 benchmark_fingerprint)
+    client.set_model_version_tag(registered_name, champion["version"], "rescored_from_benchmark", str(previous))
+    logger.info("%s champion v%s re-scored on benchmark %s: LDS %.4f", registered_name, champion["version"],
+                benchmark_fingerprint, lds)
 
 
 def _git_commit() -> str | None:

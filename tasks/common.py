@@ -10,10 +10,9 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from infra.storage import ArtifactStore, open_store
-
 from airrep.config import PipelineConfig
 from airrep.data import Record, load_records
+from infra.storage import ArtifactStore, open_store
 
 
 def typed(config: dict[str, Any] | PipelineConfig) -> PipelineConfig:

@@ -14,7 +14,7 @@ from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
 from airrep.assemble import benchmark_data, build_methods, training_splits
-from airrep.evaluate import evaluate_methods
+from airrep.evaluate import embedding_scores, evaluate_methods, group_lds
 from airrep.llm import fingerprint
 from airrep.model import AirRep
 from airrep.paths import cache_dir
@@ -89,7 +89,26 @@ def evaluate_task(config: dict[str, Any], index_key: str, llm: dict[str, str], m
     )
     airrep_row = next((r for r in table.rows if r.method == "airrep"), None)
     return {"table": table.to_dict(), "files": {k: str(v) for k, v in files.items()},
-            "lds": airrep_row.lds if airrep_row else float("nan"), "markdown": table.to_markdown()}
+            "lds": airrep_row.lds if airrep_row else float("nan"), "markdown": table.to_markdown(),
+            "champion_lds": _rescore_champion(cfg, bench, benchmark_fingerprint(llm["fingerprint"], index_key, config))}
+
+
+def _rescore_champion(cfg, bench, bench_fp: str) -> float | None:
+    """The registered champion's LDS on this benchmark, when it was scored on another one
+    (the base LLM changed): LDS on different held-out fine-tunes is not comparable."""
+    from infra import tracking
+
+    tracking.ensure_experiment(cfg)
+    name = tracking.registered_model_name(cfg)
+    champion = tracking.champion_info(name)
+    if champion is None or champion["tags"].get("benchmark_fingerprint") == bench_fp:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        model = AirRep.from_pretrained(tracking.champion_model_dir(name, Path(tmp)), precision=cfg.train.precision)
+        sims, _ = embedding_scores(model, bench.test, bench.pool)
+        lds = group_lds(sims, bench, "attention")
+    get_run_logger().info("champion v%s re-scored on the current benchmark: LDS %.4f", champion["version"], lds)
+    return lds
 
 
 @task(cache_policy=NONE, retries=2, retry_delay_seconds=exponential_backoff(5))
@@ -120,6 +139,8 @@ def register_and_promote(config: dict[str, Any], index_key: str, llm: dict[str, 
         version = tracking.log_attribution_model(
             fetch_model_dir(config, model_key), corpus_ids, [_text(by_id[i]) for i in corpus_ids],
             name, cfg.tracking.top_k, tags)
+    if evaluation.get("champion_lds") is not None:
+        tracking.rescore_champion(name, evaluation["champion_lds"], bench_fp)
     promoted = tracking.promote(name, version.version, evaluation["lds"], bench_fp, cfg.tracking.promotion_margin)
     champion = tracking.champion_info(name)
     logger.info("registered %s version %s (LDS %.4f): %s", name, version.version, evaluation["lds"],

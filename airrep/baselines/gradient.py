@@ -38,21 +38,24 @@ TRAK: positive when the train example raises the test example's log-odds).
 
 Where this departs from dattri's defaults, and why:
 
-- TracIn and TRAK: projection ``device`` follows the model and ``proj_seed`` is ``seed``
-  (dattri's defaults otherwise: 512 dimensions, Gaussian projection). Their projector
-  settings are a module-level dict that dattri mutates on construction; each attributor
-  here gets its own copy instead, so one call cannot change the next.
-- LoGra: ``proj_seed`` is ``seed`` (LoGraAttributor has no seed argument; dattri uses 0).
-  Its compressor is wrapped in ``torch.compile``; it runs in eager mode here
-  (``torch.compiler.set_stance("force_eager")``), the same arithmetic, because on CPU
-  compiling for every layer and sequence length costs more than it saves.
-- TRAK: dattri's default ``regularization=0`` makes ``X^T X`` singular whenever there are
-  fewer train examples than projection dimensions. It is set to ``TRAK_RELATIVE_DAMPING``
-  times the kernel's mean eigenvalue, estimated from the first train batch (the same
-  relative form LoGra's ``stable_inverse`` uses for its damping).
-- TracIn's train loop recomputes every test gradient once per train batch, so its train
-  batches are made as large as ``TRACIN_GRADIENT_BUDGET`` bytes of per-example gradients
-  allow (never smaller than ``batch_size``); the scores are the same for any batching.
+- All: projections are seeded with ``seed`` (dattri: 0; LoGraAttributor has no seed
+  argument, so its ``sparsifier_kwargs`` are given one) and run on the model's device.
+- TracIn and TRAK keep their projector settings in a module-level dict that dattri's
+  constructors mutate; each attributor here gets its own copy, so no call changes the next.
+- LoGra: ``damping`` is ``RELATIVE_DAMPING`` (1e-2 of the mean eigenvalue, the value of
+  dattri's own GPT-2 LoGra example) instead of 1e-5: with fewer train examples than the
+  per-layer dimension the empirical Fisher is singular, and at 1e-5 its Cholesky fails
+  and dattri falls back to a plain inverse. Its compressor is wrapped in
+  ``torch.compile``; here it runs eagerly (``torch.compiler.set_stance("force_eager")``),
+  the same arithmetic, because on CPU compiling for every layer and sequence length costs
+  more than it saves. Gradients are kept in memory (``offload="none"``).
+- TRAK: dattri's ``regularization=0`` makes ``X^T X`` singular whenever there are fewer
+  train examples than projection dimensions; it is ``RELATIVE_DAMPING`` times the
+  kernel's mean eigenvalue, estimated from a sample of train gradients.
+- TracIn and TRAK batch as many examples per vmapped gradient pass as
+  ``PER_SAMPLE_GRADIENT_BUDGET`` allows (never fewer than ``batch_size``): on CPU dattri
+  regenerates its projection matrix for every batch, and TracIn recomputes every test
+  gradient once per train batch. Batching does not change the scores.
 """
 
 from __future__ import annotations
@@ -78,8 +81,12 @@ METHODS = ("logra", "tracin", "trak")
 # dattri's own defaults: LoGraAttributor(proj_dim=4096) is per layer (64 x 64);
 # TracIn's and TRAK's DEFAULT_PROJECTOR_KWARGS use 512 dimensions for all parameters.
 DEFAULT_PROJ_DIM = {"logra": 4096, "tracin": 512, "trak": 512}
-TRAK_RELATIVE_DAMPING = 1e-3
-TRACIN_GRADIENT_BUDGET = 1 << 30
+# Damping relative to the mean eigenvalue of the matrix it regularises (dattri's GPT-2
+# LoGra example uses 1e-2; its default 1e-5 fails Cholesky when n_train << proj_dim).
+RELATIVE_DAMPING = 1e-2
+# Memory for one vmapped per-example-gradient batch (TracIn, TRAK): the gradients and the
+# logits with their softmax and backward copies.
+PER_SAMPLE_GRADIENT_BUDGET = 4 << 30
 
 
 @dataclass
@@ -144,6 +151,8 @@ def _per_example_functions(lm: nn.Module) -> tuple[Callable, Callable, Callable]
     dattri vmaps them over the batch, so each sees a single ``(input_ids, labels)`` pair
     without its batch dimension. Returns ``(loss, trak_output, trak_probability)``.
     """
+    # vmap has no batching rule for the CPU SDPA kernel and would loop over examples.
+    lm.set_attn_implementation("eager")
 
     def loss(params, example):
         input_ids, labels = example
@@ -166,11 +175,22 @@ def _length_order(examples: Sequence[TokenizedExample]) -> np.ndarray:
     return np.argsort([len(e.input_ids) for e in examples], kind="stable")
 
 
-def _num_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+def _per_sample_batch_size(lm: nn.Module, max_length: int, batch_size: int, n_examples: int) -> int:
+    """Batch size for vmapped per-example gradients: at least ``batch_size``, more if
+    ``PER_SAMPLE_GRADIENT_BUDGET`` allows, split evenly over ``n_examples``.
+
+    dattri's CPU projector regenerates its Gaussian matrix (n_params x 100 per block) for
+    every batch, and TracIn recomputes all test gradients for every train batch, so on CPU
+    the number of batches, not their size, sets the cost.
+    """
+    n_params = sum(p.numel() for p in lm.parameters() if p.requires_grad)
+    per_example = 4 * (n_params + 8 * max_length * lm.get_output_embeddings().out_features)
+    largest = max(batch_size, PER_SAMPLE_GRADIENT_BUDGET // per_example)
+    n_batches = -(-n_examples // largest)
+    return -(-n_examples // n_batches)
 
 
-def _logra(lm, train, test, pad_id, proj_dim, batch_size, seed, device) -> tuple[torch.Tensor, int]:
+def _logra(lm, train, test, pad_id, proj_dim, batch_size, seed, device, max_length) -> tuple[torch.Tensor, int]:
     from dattri.algorithm.logra import LoGraAttributor
     from dattri.task import AttributionTask
 
@@ -180,7 +200,9 @@ def _logra(lm, train, test, pad_id, proj_dim, batch_size, seed, device) -> tuple
         return model(**{k: v.to(device) for k, v in batch.items()}).loss
 
     task = AttributionTask(loss_func=batch_loss, model=wrapped, checkpoints=wrapped.state_dict())
-    attributor = LoGraAttributor(task=task, device=device, proj_dim=proj_dim, offload="none")
+    attributor = LoGraAttributor(
+        task=task, device=device, proj_dim=proj_dim, damping=RELATIVE_DAMPING, offload="none"
+    )
     attributor.sparsifier_kwargs["proj_seed"] = seed
     train_loader = _loader(train, pad_id, batch_size, as_dict=True)
     with torch.compiler.set_stance("force_eager"):
@@ -193,54 +215,57 @@ def _projector_kwargs(proj_dim: int, seed: int, device: str, defaults: dict) -> 
     return {**copy.deepcopy(defaults), "proj_dim": proj_dim, "proj_seed": seed, "device": device}
 
 
-def _tracin(lm, train, test, pad_id, proj_dim, batch_size, seed, device) -> tuple[torch.Tensor, int]:
+def _tracin(lm, train, test, pad_id, proj_dim, batch_size, seed, device, max_length) -> tuple[torch.Tensor, int]:
     from dattri.algorithm import tracin
     from dattri.task import AttributionTask
 
     loss, _, _ = _per_example_functions(lm)
     task = AttributionTask(loss_func=loss, model=lm, checkpoints=lm.state_dict())
-    attributor = tracin.TracInAttributor(
-        task=task, weight_list=torch.ones(1), normalized_grad=False, device=device
-    )
+    # Grad-Dot: one checkpoint (the base model), unit weight, unnormalised gradients.
+    attributor = tracin.TracInAttributor(task=task, weight_list=torch.ones(1), normalized_grad=False,
+                                         device=device)
     attributor.projector_kwargs = _projector_kwargs(proj_dim, seed, device, tracin.DEFAULT_PROJECTOR_KWARGS)
-    train_batch = max(batch_size, TRACIN_GRADIENT_BUDGET // (4 * _num_params(lm)))
     scores = attributor.attribute(
-        _loader(train, pad_id, min(train_batch, len(train)), as_dict=False),
-        _loader(test, pad_id, batch_size, as_dict=False),
+        _loader(train, pad_id, _per_sample_batch_size(lm, max_length, batch_size, len(train)), as_dict=False),
+        _loader(test, pad_id, _per_sample_batch_size(lm, max_length, batch_size, len(test)), as_dict=False),
     )
     return scores, proj_dim
 
 
-def _trak(lm, train, test, pad_id, proj_dim, batch_size, seed, device) -> tuple[torch.Tensor, int]:
+def _trak(lm, train, test, pad_id, proj_dim, batch_size, seed, device, max_length) -> tuple[torch.Tensor, int]:
     from dattri.algorithm import trak
     from dattri.task import AttributionTask
 
     _, output, probability = _per_example_functions(lm)
     task = AttributionTask(loss_func=output, model=lm, checkpoints=lm.state_dict())
-    train_loader = _loader(train, pad_id, batch_size, as_dict=False)
-    regularization = _trak_regularization(task, train_loader, proj_dim, len(train))
+    sample = [train[i] for i in np.linspace(0, len(train) - 1, min(batch_size, len(train))).astype(int)]
     attributor = trak.TRAKAttributor(
-        task=task, correct_probability_func=probability, device=device, regularization=regularization
+        task=task, correct_probability_func=probability, device=device,
+        regularization=_trak_regularization(task, _tensor_batch(sample, pad_id), proj_dim, len(train)),
     )
     attributor.projector_kwargs = _projector_kwargs(proj_dim, seed, device, trak.DEFAULT_PROJECTOR_KWARGS)
-    attributor.cache(train_loader)
+    attributor.cache(
+        _loader(train, pad_id, _per_sample_batch_size(lm, max_length, batch_size, len(train)), as_dict=False)
+    )
     with torch.no_grad():
-        scores = attributor.attribute(_loader(test, pad_id, batch_size, as_dict=False))
+        scores = attributor.attribute(
+            _loader(test, pad_id, _per_sample_batch_size(lm, max_length, batch_size, len(test)), as_dict=False)
+        )
     return scores, proj_dim
 
 
-def _trak_regularization(task, train_loader: DataLoader, proj_dim: int, n_train: int) -> float:
-    """``TRAK_RELATIVE_DAMPING`` x the mean eigenvalue of TRAK's kernel ``X^T X``.
+def _trak_regularization(task, sample: tuple[torch.Tensor, torch.Tensor], proj_dim: int, n_train: int) -> float:
+    """``RELATIVE_DAMPING`` x the mean eigenvalue of TRAK's kernel ``X^T X`` (``proj_dim`` square).
 
-    The trace of ``X^T X`` is the summed squared norm of the projected, scaled gradients;
-    a Gaussian projection keeps norms in expectation, so the first batch's unprojected
-    gradient norms (scaled as TRAK scales them, by ``1 / sqrt(n_params)``) estimate it.
+    The kernel's trace is the summed squared norm of the projected train gradients, which
+    TRAK scales by ``1 / sqrt(n_params)``; a Gaussian projection keeps squared norms in
+    expectation, so the unprojected gradients of a sample of train examples estimate it.
     """
     params, _ = task.get_param(ckpt_idx=0)
-    first = next(iter(train_loader))
-    gradients = torch.nan_to_num(task.get_grad_loss_func(in_dims=(None, 0))(params, first))
-    mean_square = float((gradients.pow(2).sum(dim=1) / params.numel()).mean())
-    return TRAK_RELATIVE_DAMPING * mean_square * n_train / proj_dim
+    with torch.no_grad():
+        gradients = torch.nan_to_num(task.get_grad_loss_func(in_dims=(None, 0))(params, sample))
+        mean_square = float((gradients.pow(2).sum(dim=1) / params.numel()).mean())
+    return RELATIVE_DAMPING * mean_square * n_train / proj_dim
 
 
 _RUNNERS = {"logra": _logra, "tracin": _tracin, "trak": _trak}
@@ -278,7 +303,7 @@ def gradient_scores(
     device = str(next(lm.parameters()).device)
     sorted_scores, dim = _RUNNERS[method](
         lm, [train[i] for i in train_order], [test[i] for i in test_order], pad_id, proj_dim,
-        batch_size, seed, device,
+        batch_size, seed, device, max_length,
     )  # (n_train, n_test), both in length order
     scores = np.empty((len(test), len(train)), dtype=np.float64)
     scores[np.ix_(test_order, train_order)] = sorted_scores.detach().cpu().double().numpy().T

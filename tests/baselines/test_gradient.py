@@ -3,9 +3,12 @@ that a train example identical to a test example is the one they rank first."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
+from scipy.stats import spearmanr
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from airrep.data import Record, format_record
@@ -104,3 +107,28 @@ def test_unknown_method_is_refused(setting):
     model, tokenizer, train, test = setting
     with pytest.raises(ValueError, match="unknown gradient baseline"):
         gradient_scores("grad-cos", model, tokenizer, train, test)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_scores_follow_the_loss_reduction_of_a_step_on_the_train_example(setting, method):
+    """Sign and meaning: one small SGD step on train example j lowers the loss of test
+    example i by about lr * g_i . g_j, so higher scores must go with larger reductions."""
+    model, tokenizer, train, test = setting
+    accelerator = make_accelerator("fp32")
+    test_examples = tokenize_records(tokenizer, test, 160)
+    base_losses = per_example_loss(model, test_examples, tokenizer.pad_token_id, 8, accelerator)
+    reductions = np.zeros((len(test), len(train)))
+    for j, record in enumerate(train):
+        stepped = copy.deepcopy(model)
+        losses, _ = token_losses(stepped, collate(tokenize_records(tokenizer, [record], 160), tokenizer.pad_token_id))
+        losses.mean().backward()
+        with torch.no_grad():
+            for parameter in stepped.parameters():
+                parameter -= 1e-2 * parameter.grad
+        reductions[:, j] = base_losses - per_example_loss(
+            stepped, test_examples, tokenizer.pad_token_id, 8, accelerator
+        )
+    result = gradient_scores(method, model, tokenizer, train, test,
+                             proj_dim=256 if method == "logra" else None, batch_size=5)
+    correlations = [spearmanr(result.scores[i], reductions[i])[0] for i in range(len(test))]
+    assert np.mean(correlations) > 0.3, np.round(correlations, 2)
