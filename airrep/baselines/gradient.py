@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -176,8 +177,8 @@ def _length_order(examples: Sequence[TokenizedExample]) -> np.ndarray:
 
 
 def _per_sample_batch_size(lm: nn.Module, max_length: int, batch_size: int, n_examples: int) -> int:
-    """Batch size for vmapped per-example gradients: at least ``batch_size``, more if
-    ``PER_SAMPLE_GRADIENT_BUDGET`` allows, split evenly over ``n_examples``.
+    """Batch size for vmapped per-example gradients: the larger of ``batch_size`` and what
+    ``PER_SAMPLE_GRADIENT_BUDGET`` allows, evened out so the last batch is not a sliver.
 
     dattri's CPU projector regenerates its Gaussian matrix (n_params x 100 per block) for
     every batch, and TracIn recomputes all test gradients for every train batch, so on CPU
@@ -200,14 +201,18 @@ def _logra(lm, train, test, pad_id, proj_dim, batch_size, seed, device, max_leng
         return model(**{k: v.to(device) for k, v in batch.items()}).loss
 
     task = AttributionTask(loss_func=batch_loss, model=wrapped, checkpoints=wrapped.state_dict())
-    attributor = LoGraAttributor(
-        task=task, device=device, proj_dim=proj_dim, damping=RELATIVE_DAMPING, offload="none"
-    )
-    attributor.sparsifier_kwargs["proj_seed"] = seed
     train_loader = _loader(train, pad_id, batch_size, as_dict=True)
-    with torch.compiler.set_stance("force_eager"):
-        attributor.cache(train_loader)
-        scores = attributor.attribute(train_loader, _loader(test, pad_id, batch_size, as_dict=True))
+    # dattri writes (and, if one is there, reads back) batch_metadata.json in cache_dir,
+    # the working directory unless given: a private directory keeps runs apart.
+    with tempfile.TemporaryDirectory(prefix="airrep-logra-") as cache_dir:
+        attributor = LoGraAttributor(
+            task=task, device=device, proj_dim=proj_dim, damping=RELATIVE_DAMPING, offload="none",
+            cache_dir=cache_dir,
+        )
+        attributor.sparsifier_kwargs["proj_seed"] = seed
+        with torch.compiler.set_stance("force_eager"):
+            attributor.cache(train_loader)
+            scores = attributor.attribute(train_loader, _loader(test, pad_id, batch_size, as_dict=True))
     return scores, int(attributor.total_proj_dim)
 
 
@@ -241,7 +246,9 @@ def _trak(lm, train, test, pad_id, proj_dim, batch_size, seed, device, max_lengt
     sample = [train[i] for i in np.linspace(0, len(train) - 1, min(batch_size, len(train))).astype(int)]
     attributor = trak.TRAKAttributor(
         task=task, correct_probability_func=probability, device=device,
-        regularization=_trak_regularization(task, _tensor_batch(sample, pad_id), proj_dim, len(train)),
+        regularization=_trak_regularization(
+            task, tuple(t.to(device) for t in _tensor_batch(sample, pad_id)), proj_dim, len(train)
+        ),
     )
     attributor.projector_kwargs = _projector_kwargs(proj_dim, seed, device, trak.DEFAULT_PROJECTOR_KWARGS)
     attributor.cache(

@@ -16,6 +16,7 @@ from airrep.finetune import collate, make_accelerator, per_example_loss, token_l
 from airrep.llm import train_tokenizer
 
 pytest.importorskip("dattri")
+from airrep.baselines import gradient  # noqa: E402
 from airrep.baselines.gradient import METHODS, gradient_scores, response_losses  # noqa: E402
 
 WORDS = ("alpha beta gamma delta river stone cloud north south east west fire water earth wind "
@@ -60,8 +61,9 @@ def test_response_losses_match_the_finetune_loss(setting):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_scores_rank_the_duplicate_first(setting, method):
+def test_scores_rank_the_duplicate_first(setting, method, tmp_path, monkeypatch):
     model, tokenizer, train, test = setting
+    monkeypatch.chdir(tmp_path)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = gradient_scores(method, model, tokenizer, train, test,
                              proj_dim=256 if method == "logra" else None, batch_size=5)
@@ -76,6 +78,7 @@ def test_scores_rank_the_duplicate_first(setting, method):
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not any(p.grad is not None for p in model.parameters())
+    assert list(tmp_path.iterdir()) == []  # nothing left in the working directory
 
 
 def test_tracin_is_a_projected_gradient_dot_product(setting):
@@ -132,3 +135,15 @@ def test_scores_follow_the_loss_reduction_of_a_step_on_the_train_example(setting
                              proj_dim=256 if method == "logra" else None, batch_size=5)
     correlations = [spearmanr(result.scores[i], reductions[i])[0] for i in range(len(test))]
     assert np.mean(correlations) > 0.3, np.round(correlations, 2)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_batching_does_not_change_the_scores(setting, method, monkeypatch):
+    """Several length-sorted batches (the last one short) give the scores of one batch."""
+    model, tokenizer, train, test = setting
+    proj_dim = 256 if method == "logra" else None
+    whole = gradient_scores(method, model, tokenizer, train, test, proj_dim=proj_dim, batch_size=len(train))
+    monkeypatch.setattr(gradient, "PER_SAMPLE_GRADIENT_BUDGET", 1)
+    batched = gradient_scores(method, model, tokenizer, train, test, proj_dim=proj_dim, batch_size=5)
+    scale = np.abs(whole.scores).max()
+    np.testing.assert_allclose(batched.scores, whole.scores, rtol=1e-4, atol=1e-4 * scale)

@@ -32,6 +32,12 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture
+def micro() -> list[str]:
+    """The micro pipeline's overrides, without the storage and work directory."""
+    return list(MICRO)
+
+
+@pytest.fixture
 def micro_overrides(tmp_path: Path, s3_env: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Overrides that put every artifact on S3 and MLflow's sqlite store in ``tmp_path``."""
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL"])

@@ -1,0 +1,108 @@
+"""prefect.yaml on a real Prefect server: deploy every deployment, see the schedules create
+runs and the retrain trigger become an automation, and have a process worker run the
+pipeline deployment once."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _api(base: str, path: str, body: dict | None = None) -> object:
+    request = urllib.request.Request(base + path, data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"},
+                                     method="POST" if body is not None else "GET")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
+@pytest.fixture
+def prefect_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "AIRREP_PROJECT_DIR": str(REPO)}
+    env.pop("PREFECT_SERVER_EPHEMERAL_ENABLED", None)
+    log = open(tmp_path / "server.log", "wb")
+    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-ui", "--analytics-off"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                _api(api, "/health")
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("prefect server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield api, env
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def _run(args: list[str], env: dict[str, str], timeout: float = 300) -> str:
+    result = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def test_deploy_schedule_trigger_and_worker_run(prefect_server, micro, tmp_path):
+    api, env = prefect_server
+    for pool in ("cpu", "gpu"):
+        _run([PREFECT, "work-pool", "create", pool, "--type", "process"], env)
+    _run([PREFECT, "--no-prompt", "deploy", "--all"], env)
+
+    deployments = {d["name"]: d for d in _api(api, "/deployments/filter", {})}
+    assert set(deployments) == {"pipeline", "label-generation", "train-evaluate-promote", "watch-base-llm"}
+    assert deployments["watch-base-llm"]["work_pool_name"] == "cpu"
+    assert deployments["pipeline"]["work_pool_name"] == "gpu"
+    assert deployments["pipeline"]["job_variables"]["env"]["CUDA_VISIBLE_DEVICES"] == "0"
+
+    # The cron schedules produce scheduled runs (the scheduler service fills them in).
+    deadline = time.monotonic() + 90
+    scheduled: set[str] = set()
+    while time.monotonic() < deadline and scheduled != {"pipeline", "watch-base-llm"}:
+        runs = _api(api, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+        by_id = {d["id"]: name for name, d in deployments.items()}
+        scheduled = {by_id[r["deployment_id"]] for r in runs if r["deployment_id"] in by_id}
+        time.sleep(2)
+    assert scheduled == {"pipeline", "watch-base-llm"}
+
+    # The retrain trigger on airrep.base-llm.changed became an automation for the pipeline.
+    automations = _api(api, "/automations/filter", {})
+    assert any("airrep.base-llm.changed" in json.dumps(a["trigger"]) for a in automations)
+
+    # A process worker runs the pipeline deployment once (micro settings, local storage).
+    overrides = micro + [f"work_dir={tmp_path / 'work'}", f"storage.uri={tmp_path / 'artifacts'}"]
+    params = json.dumps({"config_path": "configs/tiny.yaml", "overrides": overrides})
+    out = _run([PREFECT, "deployment", "run", "pipeline/pipeline", "--params", params], env)
+    run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
+    _run([PREFECT, "worker", "start", "--pool", "gpu", "--run-once", "--type", "process"], env, timeout=900)
+    state = _api(api, f"/flow_runs/{run_id}")["state"]
+    assert state["type"] == "COMPLETED", state
+    assert list((tmp_path / "work" / "tiny" / "evaluation").glob("*/lds.png"))
