@@ -11,8 +11,8 @@ embeddings; pass 2 re-encodes chunk by chunk with a graph and back-propagates th
 embedding gradient. The result equals the single-pass gradient (tested). Subsets of one
 pool overlap, so each distinct member is encoded once per pass, not once per subset.
 
-Multi-GPU: ``accelerate launch -m airrep.cli train -c configs/paper.yaml`` runs this loop
-data-parallel (each process draws its own steps; gradients are averaged by ``accelerate``).
+Devices and mixed precision go through ``accelerate``; training runs in one process (the
+two-pass gradient calls the unwrapped model, so data-parallel gradient sync is not wired).
 """
 
 from __future__ import annotations
