@@ -76,6 +76,7 @@ def _gradient_method(name: str, config: PipelineConfig, llm_path: str):
 
         model, tokenizer = load_base_llm(llm_path, config.base_llm)
         result = gradient_scores(name, model, tokenizer, pool, test,
-                                 max_length=config.evaluate.gradient_max_length, seed=config.seed)
+                                 max_length=config.evaluate.gradient_max_length,
+                                 proj_dim=config.evaluate.gradient_proj_dim.get(name), seed=config.seed)
         return result.scores, result.dim
     return score

@@ -171,6 +171,9 @@ class EvaluateConfig(_Section):
         "airrep", "airrep-sum", "encoder", "encoder-sum", "tfidf", "tfidf-sum", "logra", "tracin"])
     noise_ceiling: bool = True
     gradient_max_length: int = Field(160, ge=8)
+    # Values stored per train example (LoGra: per linear layer, a perfect square); omitted
+    # methods use dattri's defaults. LoGra at 4096/layer costs ~11x the time of 256/layer on CPU.
+    gradient_proj_dim: dict[str, int] = Field(default_factory=dict)
 
 
 class StorageConfig(_Section):
