@@ -12,6 +12,11 @@ export DO_NOT_TRACK = 1
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export MLFLOW_DISABLE_TELEMETRY = true
 export TOKENIZERS_PARALLELISM = false
+# Prefect's temporary local API keeps its database here, so `prefect server start` with the
+# same PREFECT_HOME shows the runs afterwards; its default 20 s start-up limit is too tight
+# on 2 cores.
+export PREFECT_HOME ?= $(CURDIR)/.work/prefect
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
 .PHONY: run test lint install clean
 

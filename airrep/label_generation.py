@@ -1,8 +1,8 @@
 """Label generation as plain Python: sample → fine-tune every subset → normalize.
 
 The orchestrated pipeline (``flows/``) runs the same steps as retryable Prefect tasks;
-this module holds what both share: content keys for finished fine-tunes, and a local
-driver for running without an orchestrator. A fine-tune whose key already has a result
+this module holds what both share (content keys and seeds of fine-tunes) and a driver for
+running in one process without an orchestrator (notebooks, tests). A fine-tune whose key already has a result
 is never recomputed, so an interrupted run resumes where it stopped.
 """
 
@@ -44,6 +44,13 @@ def finetune_key(llm_fingerprint: str, members: list[str], eval_ids: list[str],
 def subset_seed(settings: FinetuneConfig, split: int, subset: int) -> int:
     """Each subset gets its own data-order seed, reproducible from its position."""
     return settings.seed * 1_000_003 + split * 10_007 + subset
+
+
+def benchmark_seed(settings: FinetuneConfig, subset: int, repeat: bool = False) -> int:
+    """Data-order seed of a held-out benchmark fine-tune; ``repeat`` is the independent second
+    run of the same subset that measures the noise ceiling."""
+    base = 1_000_000 + settings.seed
+    return (2 * base if repeat else base) + subset
 
 
 @dataclass
@@ -159,20 +166,6 @@ def generate_labels(config: PipelineConfig, out_dir: str | Path | None = None,
     log.info("label generation: %d fine-tunes run, %d already finished and skipped",
              run.computed, run.skipped)
     return run
-
-
-def benchmark_losses(config: PipelineConfig, runner: FinetuneRunner, index: SubsetIndex,
-                     repeat: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """True test losses ``(n_subsets, n_test)`` of the held-out subsets; with ``repeat``, a
-    second, independently seeded fine-tune of each (for the noise ceiling)."""
-    bench = index.benchmark
-    base = 1_000_000 + config.finetune.seed
-    jobs = [FinetuneJob(m, bench.test, base + j) for j, m in enumerate(bench.subsets)]
-    losses = np.stack(runner.run(jobs, "benchmark fine-tunes"))
-    if not repeat:
-        return losses, None
-    jobs = [FinetuneJob(m, bench.test, 2 * base + j) for j, m in enumerate(bench.subsets)]
-    return losses, np.stack(runner.run(jobs, "benchmark fine-tunes (second seed)"))
 
 
 def load_split_labels(path: str | Path) -> dict[str, np.ndarray]:

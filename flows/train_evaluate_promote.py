@@ -6,13 +6,13 @@ from typing import Any
 
 from prefect import flow
 
+from airrep.config import FinetuneConfig
+from airrep.label_generation import benchmark_seed
 from flows.fanout import finetune_subsets
 from flows.label_generation import _orchestration, config_dict, label_generation
 from flows.runners import task_runner
 from tasks.labels import load_index
 from tasks.model import benchmark_fingerprint, evaluate_task, register_and_promote, train_airrep_task
-
-BENCHMARK_SEED = 1_000_000
 
 
 def benchmark_losses(config: dict[str, Any], index_key: str,
@@ -20,12 +20,12 @@ def benchmark_losses(config: dict[str, Any], index_key: str,
     """Fine-tune every held-out benchmark subset (twice when the noise ceiling is on, with
     independent seeds); returns the published loss keys of both runs and all results."""
     bench = load_index(config, index_key).benchmark
-    base = BENCHMARK_SEED + config["finetune"]["seed"]
-    jobs = [{"members": m, "eval_ids": bench.test, "seed": base + j, "label": f"benchmark-subset{j}"}
+    settings = FinetuneConfig.model_validate(config["finetune"])
+    jobs = [{"members": m, "eval_ids": bench.test, "seed": benchmark_seed(settings, j), "label": f"benchmark-subset{j}"}
             for j, m in enumerate(bench.subsets)]
     if config["evaluate"]["noise_ceiling"]:
-        jobs += [{"members": m, "eval_ids": bench.test, "seed": 2 * base + j, "label": f"benchmark-repeat{j}"}
-                 for j, m in enumerate(bench.subsets)]
+        jobs += [{"members": m, "eval_ids": bench.test, "seed": benchmark_seed(settings, j, repeat=True),
+                  "label": f"benchmark-repeat{j}"} for j, m in enumerate(bench.subsets)]
     fan_out = finetune_subsets.with_options(task_runner=task_runner(_orchestration(config)))
     results = fan_out(config, llm, jobs, "benchmark")
     keys = [r["key"] for r in results]
