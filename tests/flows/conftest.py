@@ -18,7 +18,8 @@ MICRO = [
     "base_llm.tiny.vocab_size=2000", "base_llm.tiny.hidden_size=64", "base_llm.tiny.intermediate_size=256",
     "base_llm.tiny.num_heads=2", "base_llm.tiny.lr=3e-3", "finetune.max_length=128",
     "train.steps=3", "train.eval_every=3", "train.reference_size=8", "train.topk=4", "train.max_tokens=64",
-    "evaluate.methods=[airrep,airrep-sum,encoder,tfidf]", "orchestration.task_retry_delay_seconds=0",
+    "evaluate.methods=[airrep,airrep-sum,encoder,encoder-sum,tfidf,tfidf-sum,logra]",
+    "evaluate.gradient_proj_dim={logra: 64}", "orchestration.task_retry_delay_seconds=0",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import boto3
@@ -11,13 +12,14 @@ import pandas as pd
 from airrep.config import load_config
 from airrep.data import format_example
 from airrep.sampling import SubsetIndex
+from flows.cli import main
 from flows.pipeline import pipeline
 from infra import tracking
 from infra.storage import open_store
 from tasks.common import records_by_id
 
 
-def test_pipeline_end_to_end_resumes_and_serves(micro_overrides):
+def test_pipeline_end_to_end_resumes_and_serves(micro_overrides, capsys):
     first = pipeline("configs/tiny.yaml", micro_overrides)
     config = load_config("configs/tiny.yaml", micro_overrides)
     name = tracking.registered_model_name(config)
@@ -25,7 +27,8 @@ def test_pipeline_end_to_end_resumes_and_serves(micro_overrides):
     # Every fine-tune ran once: 2 splits x 4 subsets + 4 benchmark subsets x 2 seeds.
     assert first["finetunes_computed"] == 16 and first["finetunes_skipped"] == 0
     rows = {r["method"]: r for r in first["evaluation"]["table"]["rows"]}
-    assert {"airrep", "airrep-sum", "encoder", "tfidf"} <= set(rows)
+    assert set(rows) == {"airrep", "airrep-sum", "encoder", "encoder-sum", "tfidf", "tfidf-sum", "logra-sum"}
+    assert rows["logra-sum"]["dim"] > 0 and rows["airrep"]["dim"] == 384
     assert all(math.isfinite(r["lds"]) and -1 <= r["lds"] <= 1 for r in rows.values())
     assert first["evaluation"]["table"]["noise_ceiling"] is not None
     assert first["registry"]["promoted"] and first["registry"]["champion"] == first["registry"]["version"]
@@ -54,3 +57,11 @@ def test_pipeline_end_to_end_resumes_and_serves(micro_overrides):
     hits = served.predict(pd.DataFrame({"text": [near_copy]}), params={"top_k": 5})
     assert len(hits) == 5
     assert hits.iloc[0]["train_id"] == target.id
+
+    # The same query through the command line, from the champion alias.
+    args = ["attribute", "-c", "configs/tiny.yaml", near_copy, "-k", "3", "--json"]
+    for override in micro_overrides:
+        args[3:3] = ["--set", override]
+    assert main(args) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [p["rank"] for p in printed] == [1, 2, 3] and printed[0]["train_id"] == target.id
