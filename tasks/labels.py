@@ -91,10 +91,18 @@ _model_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=2)
-def _base_model(path: str, base_llm_json: str):
+def _cached_base_model(path: str, base_llm_json: str):
     from airrep.config import BaseLLMConfig
 
     return load_base_llm(path, BaseLLMConfig.model_validate_json(base_llm_json))
+
+
+def shared_base_model(config: dict[str, Any], llm: dict[str, str]):
+    """The base LLM, loaded once per worker process and shared by its threads (each
+    fine-tune copies it). Task bodies call this rather than touching the lock: Dask
+    pickles a task's function with the globals it uses, and a lock cannot be pickled."""
+    with _model_lock:
+        return _cached_base_model(local_llm_path(config, llm), typed(config).base_llm.model_dump_json())
 
 
 def local_llm_path(config: dict[str, Any], llm: dict[str, str]) -> str:
@@ -120,8 +128,7 @@ def finetune_subset(config: dict[str, Any], llm: dict[str, str], members: list[s
         logger.info("%s: already published at %s, skipped", label, key)
         return {"key": key, "skipped": True, "seconds": 0.0, "tokens_per_second": 0.0}
     by_id = records_by_id(cfg)
-    with _model_lock:  # one load per worker process, shared by its threads (copied per fine-tune)
-        model, tokenizer = _base_model(local_llm_path(config, llm), cfg.base_llm.model_dump_json())
+    model, tokenizer = shared_base_model(config, llm)
     start = time.perf_counter()
     losses, stats = finetune_and_evaluate(model, tokenizer, [by_id[i] for i in members],
                                           [by_id[i] for i in eval_ids], cfg.finetune, seed)
