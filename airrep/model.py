@@ -204,9 +204,11 @@ class AirRep:
         """Group scores ``(n_query, n_groups)``; ``groups`` index rows of ``train_emb``.
 
         Queries are processed in chunks so memory stays at ``chunk × n_groups × group_size``.
+        float64 inputs are scored in float64, anything else in float32.
         """
-        query = torch.as_tensor(np.asarray(query_emb), dtype=torch.float32)
-        train = torch.as_tensor(np.asarray(train_emb), dtype=torch.float32)
+        dtype = torch.float64 if np.asarray(query_emb).dtype == np.float64 else torch.float32
+        query = torch.as_tensor(np.asarray(query_emb), dtype=dtype)
+        train = torch.as_tensor(np.asarray(train_emb), dtype=dtype)
         index = torch.as_tensor(np.asarray(groups), dtype=torch.long)
         parts = [group_scores(query[i : i + chunk], train, index, pooling) for i in range(0, len(query), chunk)]
         return torch.cat(parts).numpy() if parts else np.zeros((0, len(index)), dtype=np.float32)

@@ -11,8 +11,11 @@ embeddings; pass 2 re-encodes chunk by chunk with a graph and back-propagates th
 embedding gradient. The result equals the single-pass gradient (tested). Subsets of one
 pool overlap, so each distinct member is encoded once per pass, not once per subset.
 
-Devices and mixed precision go through ``accelerate``; training runs in one process (the
-two-pass gradient calls the unwrapped model, so data-parallel gradient sync is not wired).
+Devices go through ``accelerate``. Under ``accelerate launch`` (several GPUs), each process
+draws its own steps and gradients are averaged across processes before every update; the
+model is not DDP-wrapped because the two-pass gradient runs two backward passes per step.
+Only the main process evaluates and saves. (The multi-process path has not been run on
+this project's CPU-only machines.)
 """
 
 from __future__ import annotations
@@ -140,8 +143,9 @@ def train_airrep(
     if not splits:
         raise ValueError("no labelled splits to train on; run label generation first")
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # Data parallel: every process draws its own steps, gradients are averaged before the update.
+    rng = np.random.default_rng([config.seed, accelerator.process_index])
     airrep = airrep or AirRep.from_encoder(config.encoder, precision=config.precision)
     model = airrep.model
     model.config.max_tokens = config.max_tokens
@@ -149,8 +153,10 @@ def train_airrep(
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     schedule = get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
-    model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
-    core = accelerator.unwrap_model(model)
+    # The model is not wrapped for DDP: the two-pass gradient runs backward twice outside
+    # one forward, so gradients are all-reduced by hand below instead of by DDP's hooks.
+    core = model.to(accelerator.device)
+    optimizer, schedule = accelerator.prepare(optimizer, schedule)
     core.eval()  # dropout off: the ranking signal is noisy enough (DESIGN.md §1)
     tokens = [(_Tokens(airrep.tokenizer, s.dev_texts, config.max_tokens),
                _Tokens(airrep.tokenizer, s.pool_texts, config.max_tokens)) for s in splits]
@@ -166,7 +172,11 @@ def train_airrep(
                                  device=accelerator.device)  # (n_ref, topk)
         loss, scores = ranking_step(core, tokens[k][0], dev_rows, tokens[k][1], split.subsets[chosen],
                                     target, config)
-        accelerator.clip_grad_norm_(trainable, config.grad_clip)
+        if accelerator.num_processes > 1:
+            for param in trainable:
+                if param.grad is not None:
+                    param.grad = accelerator.reduce(param.grad, reduction="mean")
+        torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
@@ -175,13 +185,15 @@ def train_airrep(
         curve.step.append(step)
         curve.loss.append(float(loss))
         curve.pair_accuracy.append(pairwise_accuracy(scores, target, config.t_min))
-        if evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
+        if evaluate is not None and accelerator.is_main_process and (
+                step % config.eval_every == 0 or step == config.steps):
             curve.eval_step.append(step)
             curve.eval_lds.append(evaluate(airrep))
             log.info("step %d: loss %.4f, held-out LDS %.4f", step, curve.loss[-1], curve.eval_lds[-1])
-        if out_dir is not None and step % config.checkpoint_every == 0 and step != config.steps:
+        if out_dir is not None and accelerator.is_main_process and step % config.checkpoint_every == 0 \
+                and step != config.steps:
             airrep.save_pretrained(Path(out_dir) / f"checkpoint-{step}")
     curve.seconds = time.perf_counter() - start
-    if out_dir is not None:
+    if out_dir is not None and accelerator.is_main_process:
         airrep.save_pretrained(out_dir)
     return airrep, curve

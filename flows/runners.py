@@ -1,7 +1,8 @@
 """The fan-out task runner is configuration (``orchestration`` section), not code.
 
-- ``local``: a thread pool on this machine, one worker per 2 cores by default; torch's
-  intra-op threads are divided among the workers so they do not oversubscribe the CPU.
+- ``local``: a thread pool on this machine (one single-threaded worker per core on CPU,
+  one worker on a GPU); torch's intra-op threads are divided among the workers so they do
+  not oversubscribe the CPU.
 - ``dask``: ``prefect-dask``'s ``DaskTaskRunner``, on an existing cluster
   (``dask_address``, e.g. one GPU per worker) or a local one started for the run.
 """
@@ -17,7 +18,12 @@ from airrep.config import OrchestrationConfig
 
 
 def default_workers() -> int:
-    return max(1, (os.cpu_count() or 1) // 2)
+    """CPU: one single-threaded worker per core (measured here: two 1-thread fine-tunes at
+    once finish 1.5x sooner than one 2-thread fine-tune at a time, for small LMs). GPU: one
+    worker, the device; more GPUs fan out through Dask, one GPU per worker process."""
+    if torch.cuda.is_available():
+        return 1
+    return max(1, os.cpu_count() or 1)
 
 
 def task_runner(config: OrchestrationConfig):

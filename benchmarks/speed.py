@@ -1,0 +1,232 @@
+"""Speed benchmarks: every figure is a ratio of two timings measured in the same run.
+
+    python -m benchmarks.speed [--out benchmarks/results/speed.json] [--only encode,lds,...]
+
+Each entry records both timings, the sizes and the machine (cores, the CPU capability
+torch dispatches to), not only the ratio: these machines are noisy, so a ratio from two
+different runs would mean little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import copy
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+log = logging.getLogger("benchmarks.speed")
+
+
+def machine() -> dict:
+    return {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "processor": platform.processor(),
+            "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def timed(fn: Callable, *args, **kwargs) -> tuple[object, float]:
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def sharegpt_texts(n: int) -> list[str]:
+    from airrep.config import DataConfig
+    from airrep.data import format_record, load_records
+
+    records, _ = load_records(DataConfig())
+    return [format_record(r) for r in records[:n]]
+
+
+def bench_encode(n_texts: int = 2000) -> dict:
+    """``AirRep.encode`` (bf16 autocast, length-sorted batches) vs sentence-transformers'
+    ``encode`` of the same MiniLM weights on the same ShareGPT texts."""
+    from sentence_transformers import SentenceTransformer
+
+    from airrep.model import AirRep, resolve_encoder
+
+    texts = sharegpt_texts(n_texts)
+    ours = AirRep.from_encoder("minilm")
+    ours.model.config.max_tokens = 256  # sentence-transformers' max_seq_length for this model
+    reference = SentenceTransformer(resolve_encoder("minilm"), device="cpu")
+    ours.encode(texts[:64])  # warm-up both: first calls pay one-off allocation costs
+    reference.encode(texts[:64], batch_size=64)
+    _, ours_s = timed(ours.encode, texts, batch_size=64)
+    _, ref_s = timed(reference.encode, texts, batch_size=64)
+    lengths = ours.tokenizer(texts, truncation=True, max_length=256)["input_ids"]
+    return {"encode_texts_per_s": n_texts / ours_s, "sentence_transformers_texts_per_s": n_texts / ref_s,
+            "encode_speedup_vs_sentence_transformers": ref_s / ours_s, "airrep_seconds": ours_s,
+            "sentence_transformers_seconds": ref_s, "n_texts": n_texts,
+            "mean_tokens": float(np.mean([len(x) for x in lengths]))}
+
+
+def slow_group_lds(query: np.ndarray, pool: np.ndarray, subsets: np.ndarray, losses: np.ndarray) -> float:
+    """The straightforward version: one subset at a time, then scipy per test example."""
+    scores = np.empty((len(query), len(subsets)))
+    for j, members in enumerate(subsets):
+        sims = query @ pool[members].T  # (n_test, subset_size)
+        weights = np.exp(np.abs(sims) - np.abs(sims).max(axis=1, keepdims=True))
+        weights /= weights.sum(axis=1, keepdims=True)
+        scores[:, j] = (weights * sims).sum(axis=1)
+    rhos = [spearmanr(scores[i], -losses[:, i]).statistic for i in range(len(query))]
+    return float(np.mean(np.nan_to_num(rhos)))
+
+
+def bench_lds(n_test: int = 1000, n_pool: int = 10_000, n_subsets: int = 100, size: int = 1000) -> dict:
+    """``score_groups`` + ``lds`` vs ``slow_group_lds`` on the same float64 inputs."""
+    from airrep.metrics import lds
+    from airrep.model import AirRep
+
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(n_test, 384)) / 8
+    pool = rng.normal(size=(n_pool, 384)) / 8
+    subsets = np.stack([rng.choice(n_pool, size, replace=False) for _ in range(n_subsets)])
+    losses = rng.normal(size=(n_subsets, n_test))
+
+    def fast() -> float:
+        return lds(AirRep.score_groups(query, pool, subsets), losses.T)
+
+    fast_value, fast_s = timed(fast)
+    slow_value, slow_s = timed(slow_group_lds, query, pool, subsets, losses)
+    return {"lds_eval_speedup": slow_s / fast_s, "fast_seconds": fast_s, "loop_seconds": slow_s,
+            "abs_difference": abs(fast_value - slow_value), "equal_to_1e-9": abs(fast_value - slow_value) < 1e-9,
+            "shape": {"n_test": n_test, "n_pool": n_pool, "n_subsets": n_subsets, "subset_size": size}}
+
+
+def bench_topk(n_corpus: int = 1_000_000, n_query: int = 256, k: int = 10) -> dict:
+    """Top-10 over 1M stored 384-d float32 embeddings; the bound is reading them once."""
+    from airrep.model import AirRep
+
+    rng = np.random.default_rng(0)
+    corpus = rng.standard_normal((n_corpus, 384), dtype=np.float32)
+    query = rng.standard_normal((n_query, 384), dtype=np.float32)
+    AirRep.top_k(query[:8], corpus[:10_000], k=k)
+    _, seconds = timed(AirRep.top_k, query, corpus, k=k)
+    single, single_s = timed(AirRep.top_k, query[:1], corpus, k=k)
+    corpus_bytes = corpus.nbytes
+    return {"topk_ms_per_query_1m": 1000 * seconds / n_query, "batch_queries": n_query,
+            "batch_seconds": seconds, "single_query_ms": 1000 * single_s,
+            "single_query_effective_GB_per_s": corpus_bytes / single_s / 1e9, "corpus_bytes": corpus_bytes}
+
+
+def bench_label_generation(n_subsets: int = 8, subset_size: int = 100, n_dev: int = 100) -> dict:
+    """The pipeline's fine-tune task body (bf16, LM head on scored positions only, two
+    worker threads of one torch thread each, as the local task runner runs it) vs a plain
+    sequential fp32 loop (HF loss over full logits, all cores to torch) on the same subsets."""
+    from airrep.config import BaseLLMConfig, DataConfig, FinetuneConfig, TinyLMConfig
+    from airrep.data import load_records
+    from airrep.finetune import collate, finetune_and_evaluate, tokenize_records
+    from airrep.llm import build_tiny_lm, load_base_llm
+    from flows.runners import default_workers
+
+    records, _ = load_records(DataConfig())
+    base = BaseLLMConfig(tiny=TinyLMConfig(epochs=1))
+    model, tokenizer = load_base_llm(str(build_tiny_lm(records[:2000], base, 160)), base)
+    rng = np.random.default_rng(0)
+    pool, dev = records[3000:4000], records[5000 : 5000 + n_dev]
+    subsets = [[pool[i] for i in rng.choice(len(pool), subset_size, replace=False)] for _ in range(n_subsets)]
+    settings = FinetuneConfig()  # the tiny config's: 2 epochs, lr 3e-4, batch 16, bf16
+
+    def plain(subset) -> np.ndarray:
+        lm = copy.deepcopy(model).train()
+        optimizer = torch.optim.AdamW(lm.parameters(), lr=settings.lr)
+        examples = tokenize_records(tokenizer, subset, settings.max_length)
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(settings.epochs):
+            order = torch.randperm(len(examples), generator=generator).tolist()
+            for first in range(0, len(order), settings.batch_size):
+                batch = collate([examples[i] for i in order[first : first + settings.batch_size]],
+                                tokenizer.pad_token_id)
+                lm(**batch).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+        lm.eval()
+        losses = []
+        with torch.no_grad():
+            for example in tokenize_records(tokenizer, dev, settings.max_length):
+                batch = collate([example], tokenizer.pad_token_id)
+                losses.append(lm(**batch).loss.item())
+        return np.array(losses)
+
+    threads = torch.get_num_threads()
+    _, plain_s = timed(lambda: [plain(s) for s in subsets])
+    workers = int(os.environ.get("AIRREP_BENCH_WORKERS", 0)) or default_workers()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # as flows.runners.task_runner does
+
+    def pipeline_job(j: int) -> np.ndarray:
+        return finetune_and_evaluate(model, tokenizer, subsets[j], dev, settings, seed=j)[0]
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool_:
+            _, fast_s = timed(lambda: list(pool_.map(pipeline_job, range(n_subsets))))
+    finally:
+        torch.set_num_threads(threads)
+    return {"label_generation_speedup": plain_s / fast_s,
+            "pipeline_finetunes_per_hour": 3600 * n_subsets / fast_s,
+            "plain_fp32_finetunes_per_hour": 3600 * n_subsets / plain_s,
+            "pipeline_seconds": fast_s, "plain_seconds": plain_s, "workers": workers,
+            "subsets": n_subsets, "subset_size": subset_size, "n_dev": n_dev}
+
+
+def bench_attribution(n_test: int = 20, n_train: int = 100, proj_dim: int = 16) -> dict:
+    """Scoring a test set against a training set: LoGra (dattri) on SmolLM2-135M, a real
+    pretrained LLM (a gradient method's cost grows with the LLM), vs AirRep with MiniLM
+    (encode both sets, then one matrix product). Also the bytes each stores per example."""
+    from airrep.baselines.gradient import gradient_scores
+    from airrep.config import BaseLLMConfig, DataConfig
+    from airrep.data import load_records
+    from airrep.llm import load_base_llm, smollm2_dir
+    from airrep.model import AirRep
+
+    records, _ = load_records(DataConfig())
+    test, train = records[6000 : 6000 + n_test], records[7000 : 7000 + n_train]
+    model, tokenizer = load_base_llm(str(smollm2_dir()), BaseLLMConfig(name="smollm2"))
+    gradient = gradient_scores("logra", model, tokenizer, train, test, max_length=160, proj_dim=proj_dim)
+    airrep = AirRep.from_encoder("minilm")
+    airrep.encode(test[:4])
+
+    def airrep_scores() -> np.ndarray:
+        return airrep.encode(test) @ airrep.encode(train).T
+
+    _, airrep_s = timed(airrep_scores)
+    return {"attribution_cost_ratio_vs_gradient": gradient.seconds / airrep_s,
+            "gradient_method": "logra (dattri) on SmolLM2-135M", "gradient_seconds": gradient.seconds,
+            "airrep_seconds": airrep_s, "n_test": n_test, "n_train": n_train,
+            "gradient_dim": gradient.dim, "airrep_dim": airrep.dim,
+            "bytes_per_train_example": {"airrep_float32": 4 * airrep.dim, "gradient_float32": 4 * gradient.dim,
+                                        "ratio": gradient.dim / airrep.dim}}
+
+
+BENCHES = {"encode": bench_encode, "lds": bench_lds, "topk": bench_topk, "label_generation": bench_label_generation,
+           "attribution": bench_attribution}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="benchmarks/results/speed.json")
+    parser.add_argument("--only", default=",".join(BENCHES),
+                        help="comma-separated subset of: " + ", ".join(BENCHES))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    results: dict = {"machine": machine()}
+    for name in args.only.split(","):
+        log.info("benchmark %s", name)
+        results[name] = BENCHES[name]()
+        log.info("%s: %s", name, json.dumps(results[name]))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
