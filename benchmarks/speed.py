@@ -160,7 +160,7 @@ def bench_label_generation(n_subsets: int = 8, subset_size: int = 100, n_dev: in
     threads = torch.get_num_threads()
     _, plain_s = timed(lambda: [plain(s) for s in subsets])
     workers = int(os.environ.get("AIRREP_BENCH_WORKERS", 0)) or default_workers()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # as flows.runners.task_runner does
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # as flows.fanout does
 
     def pipeline_job(j: int) -> np.ndarray:
         return finetune_and_evaluate(model, tokenizer, subsets[j], dev, settings, seed=j)[0]

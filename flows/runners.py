@@ -35,6 +35,9 @@ def task_runner(config: OrchestrationConfig):
         workers = config.max_workers or default_workers()
         return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
                                               "processes": True})
-    workers = config.max_workers or default_workers()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-    return ThreadPoolTaskRunner(max_workers=workers)
+    return ThreadPoolTaskRunner(max_workers=config.max_workers or default_workers())
+
+
+def torch_threads_per_worker(config: OrchestrationConfig) -> int:
+    """Intra-op threads for each concurrent fine-tune of the local runner."""
+    return max(1, (os.cpu_count() or 1) // (config.max_workers or default_workers()))
