@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from airrep.config import ConfigError, load_config
 
@@ -219,6 +220,8 @@ def setup_logging(verbose: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    if os.environ.get("PREFECT_HOME"):  # Prefect's local API cannot create its database's folder
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
