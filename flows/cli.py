@@ -97,8 +97,9 @@ def _print_result(result: dict) -> None:
     print("\nLDS on held-out subsets (×100):\n")
     print(evaluation["markdown"])
     print(f"\nplot: {evaluation['files']['plot']}")
-    state = "promoted to champion" if registry["promoted"] else f"challenger (champion is v{registry['champion']})"
-    print(f"registered model: {registry['name']} version {registry['version']}, {state}")
+    state = "champion" if registry["promoted"] else f"challenger (champion is v{registry['champion']})"
+    again = " (already registered: nothing changed)" if registry.get("skipped") else ""
+    print(f"registered model: {registry['name']} version {registry['version']}, {state}{again}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

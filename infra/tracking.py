@@ -413,6 +413,16 @@ def champion_info(registered_name: str) -> dict[str, Any] | None:
             "model_uri": f"models:/{registered_name}@{CHAMPION}"}
 
 
+def find_version(registered_name: str, tags: Mapping[str, str]) -> str | None:
+    """The newest version of ``registered_name`` carrying all of ``tags``, or ``None``."""
+    try:
+        versions = MlflowClient().search_model_versions(f"name = '{registered_name}'")
+    except MlflowException:
+        return None
+    matching = [v for v in versions if all(v.tags.get(k) == str(val) for k, val in tags.items())]
+    return str(max(matching, key=lambda v: int(v.version)).version) if matching else None
+
+
 def champion_model_dir(registered_name: str, dest: Path) -> Path | None:
     """Download the champion's AirRep directory (the pyfunc's ``model`` artifact) into ``dest``."""
     if champion_info(registered_name) is None:

@@ -129,8 +129,16 @@ def register_and_promote(config: dict[str, Any], index_key: str, llm: dict[str, 
     table = LDSTable([MethodResult(**r) for r in evaluation["table"]["rows"]], evaluation["table"]["noise_ceiling"])
     name = tracking.registered_model_name(cfg)
     tags = tracking.standard_tags(cfg, llm["fingerprint"], corpus_fingerprint, bench_fp, evaluation["lds"])
+    tags["model_key"] = model_key
     tracking.ensure_experiment(cfg)
     import mlflow
+
+    existing = tracking.find_version(name, {"model_key": model_key, "config_hash": tags["config_hash"]})
+    if existing is not None:  # a re-run with nothing changed: the registry already has this model
+        champion = tracking.champion_info(name)
+        logger.info("%s version %s already holds this model; not registered again", name, existing)
+        return {"name": name, "version": existing, "promoted": bool(champion and champion["version"] == existing),
+                "champion": champion["version"] if champion else None, "skipped": True}
 
     with mlflow.start_run(run_name=f"{cfg.name}-{model_key.rsplit('/', 1)[-1][:8]}", tags=tags):
         mlflow.log_params(tracking.config_params(cfg))
@@ -146,7 +154,7 @@ def register_and_promote(config: dict[str, Any], index_key: str, llm: dict[str, 
     logger.info("registered %s version %s (LDS %.4f): %s", name, version.version, evaluation["lds"],
                 "promoted to champion" if promoted else "stays challenger")
     return {"name": name, "version": str(version.version), "promoted": promoted,
-            "champion": champion["version"] if champion else None}
+            "champion": champion["version"] if champion else None, "skipped": False}
 
 
 def _text(record) -> str:

@@ -43,6 +43,7 @@ def test_pipeline_end_to_end_resumes_and_serves(micro_overrides, capsys):
     second = pipeline("configs/tiny.yaml", micro_overrides)
     assert second["finetunes_computed"] == 0 and second["finetunes_skipped"] == 16
     assert second["model"]["skipped"]
+    assert second["registry"]["skipped"] and second["registry"]["version"] == first["registry"]["version"]
 
     # Serving: the champion pyfunc answers top-k queries; a near-copy finds its original.
     tracking.ensure_experiment(config)
