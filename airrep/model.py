@@ -140,6 +140,29 @@ def pool_groups(sims: torch.Tensor, groups: torch.Tensor, pooling: Pooling = "at
     return (weights * member_sims).sum(-1)
 
 
+class TokenizedTexts:
+    """Texts tokenized once, batched by right-padding to the longest member (encoding and
+    training both batch this way, so each text is tokenized a single time)."""
+
+    def __init__(self, tokenizer, texts: Sequence[str], max_tokens: int) -> None:
+        self.ids = tokenizer(list(texts), truncation=True, max_length=max_tokens)["input_ids"]
+        self.pad = tokenizer.pad_token_id or 0
+
+    def batch(self, rows: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
+        width = max(len(self.ids[r]) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(self.ids[r])] = torch.tensor(self.ids[r])
+            mask[i, : len(self.ids[r])] = 1
+        return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+
+    def chunks(self, rows: np.ndarray, size: int) -> list[np.ndarray]:
+        """Length-sorted chunks of ``rows`` (positions into ``rows``), so padding is small."""
+        order = np.argsort([len(self.ids[r]) for r in rows], kind="stable")
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+
 class AirRep:
     """Encode texts and score training groups, in the shape of sentence-transformers."""
 
@@ -165,10 +188,6 @@ class AirRep:
         self.model.save_pretrained(str(path), safe_serialization=True)
         self.tokenizer.save_pretrained(str(path))
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        return self.tokenizer(list(texts), padding=True, truncation=True,
-                              max_length=self.model.config.max_tokens, return_tensors="pt")
-
     def encode(self, texts: Sequence[str | Record], batch_size: int = 64,
                show_progress_bar: bool = False) -> np.ndarray:
         """Embeddings ``(n, dim)`` float32, in input order.
@@ -180,16 +199,15 @@ class AirRep:
         texts = [format_record(t) if isinstance(t, Record) else t for t in texts]
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True,
-                                                      max_length=self.model.config.max_tokens)["input_ids"]]
-        order = np.argsort(lengths, kind="stable")[::-1]
+        tokens = TokenizedTexts(self.tokenizer, texts, self.model.config.max_tokens)
+        order = np.argsort([len(ids) for ids in tokens.ids], kind="stable")[::-1]
         out = torch.empty((len(texts), self.dim), dtype=torch.float32)
         batches = range(0, len(texts), batch_size)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                     enabled=self.precision == "bf16"):
             for first in tqdm(batches, desc="encode", disable=not show_progress_bar):
                 rows = order[first : first + batch_size]
-                batch = {k: v.to(self.device) for k, v in self.tokenize([texts[i] for i in rows]).items()}
+                batch = tokens.batch(rows, self.device)
                 out[torch.as_tensor(rows.copy())] = self.model(**batch).float().cpu()
         return out.numpy()
 

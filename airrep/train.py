@@ -34,7 +34,7 @@ from transformers import get_constant_schedule_with_warmup
 
 from airrep.config import TrainConfig
 from airrep.losses import pairwise_accuracy, weighted_ranknet
-from airrep.model import AirRep, AirRepModel, group_scores
+from airrep.model import AirRep, AirRepModel, TokenizedTexts, group_scores
 
 log = logging.getLogger(__name__)
 
@@ -59,33 +59,11 @@ class TrainingCurve:
     seconds: float = 0.0
 
 
-class _Tokens:
-    """Pre-tokenized texts, batched by padding to the longest member."""
-
-    def __init__(self, tokenizer, texts: Sequence[str], max_tokens: int) -> None:
-        self.ids = tokenizer(list(texts), truncation=True, max_length=max_tokens)["input_ids"]
-        self.pad = tokenizer.pad_token_id or 0
-
-    def batch(self, rows: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
-        width = max(len(self.ids[r]) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            input_ids[i, : len(self.ids[r])] = torch.tensor(self.ids[r])
-            mask[i, : len(self.ids[r])] = 1
-        return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
-
-    def chunks(self, rows: np.ndarray, size: int) -> list[np.ndarray]:
-        """Length-sorted chunks of ``rows`` (positions into ``rows``), so padding is small."""
-        order = np.argsort([len(self.ids[r]) for r in rows], kind="stable")
-        return [order[i : i + size] for i in range(0, len(order), size)]
-
-
 def _autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def ranking_step(model: AirRepModel, dev: _Tokens, dev_rows: np.ndarray, pool: _Tokens,
+def ranking_step(model: AirRepModel, dev: TokenizedTexts, dev_rows: np.ndarray, pool: TokenizedTexts,
                  members: np.ndarray, target: torch.Tensor, config: TrainConfig,
                  two_pass: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Accumulate the gradient of one step's loss into ``model``; return ``(loss, scores)``.
@@ -158,8 +136,8 @@ def train_airrep(
     core = model.to(accelerator.device)
     optimizer, schedule = accelerator.prepare(optimizer, schedule)
     core.eval()  # dropout off: the ranking signal is noisy enough (DESIGN.md §1)
-    tokens = [(_Tokens(airrep.tokenizer, s.dev_texts, config.max_tokens),
-               _Tokens(airrep.tokenizer, s.pool_texts, config.max_tokens)) for s in splits]
+    tokens = [(TokenizedTexts(airrep.tokenizer, s.dev_texts, config.max_tokens),
+               TokenizedTexts(airrep.tokenizer, s.pool_texts, config.max_tokens)) for s in splits]
     curve = TrainingCurve()
     start = time.perf_counter()
     for step in tqdm(range(1, config.steps + 1), desc="train AirRep", disable=not show_progress_bar):

@@ -5,8 +5,8 @@ from transformers import AutoTokenizer, BertConfig
 
 from airrep.config import TrainConfig
 from airrep.metrics import lds
-from airrep.model import AirRep, AirRepConfig, AirRepModel, resolve_encoder
-from airrep.train import TrainingSplit, _Tokens, ranking_step, train_airrep
+from airrep.model import AirRep, AirRepConfig, AirRepModel, TokenizedTexts, resolve_encoder
+from airrep.train import TrainingSplit, ranking_step, train_airrep
 
 
 def tiny_airrep(seed=0):
@@ -21,8 +21,9 @@ def test_two_pass_gradient_equals_single_pass():
     airrep = tiny_airrep()
     rng = np.random.default_rng(0)
     words = ["alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "north"]
-    dev = _Tokens(airrep.tokenizer, [" ".join(rng.choice(words, 5)) for _ in range(6)], 32)
-    pool = _Tokens(airrep.tokenizer, [" ".join(rng.choice(words, int(rng.integers(2, 9)))) for _ in range(20)], 32)
+    dev = TokenizedTexts(airrep.tokenizer, [" ".join(rng.choice(words, 5)) for _ in range(6)], 32)
+    pool_texts = [" ".join(rng.choice(words, int(rng.integers(2, 9)))) for _ in range(20)]
+    pool = TokenizedTexts(airrep.tokenizer, pool_texts, 32)
     members = np.array([rng.choice(20, 5, replace=False) for _ in range(4)])
     target = torch.tensor(rng.normal(size=(6, 4)), dtype=torch.float32)
     config = TrainConfig(precision="fp32", encode_chunk=3)
