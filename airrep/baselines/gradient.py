@@ -331,3 +331,44 @@ def gradient_scores(
     log.info("%s scores for %d test x %d train in %.1f s (%d numbers per train example)",
              method, len(test), len(train), seconds, dim)
     return GradientScores(scores=scores, dim=dim, seconds=seconds, method=method)
+
+
+def gradient_features(
+    model: torch.nn.Module,
+    tokenizer,
+    records: Sequence[Record],
+    max_length: int = 160,
+    proj_dim: int = 512,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> np.ndarray:
+    """Each record's response-loss gradient on all LM parameters, randomly projected to
+    ``proj_dim`` numbers, ``(n, proj_dim)``: the per-example vectors whose dot products are
+    TracIn's (Grad-Dot) scores, for uses that need features rather than scores (e.g. the
+    task-classification probe). The projection is dattri's ``random_project`` with one fixed
+    seed, so every record is mapped by the same matrix.
+    """
+    from dattri.func.projection import random_project
+    from dattri.task import AttributionTask
+
+    if not records:
+        raise ValueError("gradient_features needs at least one record")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    examples = tokenize_records(tokenizer, records, max_length)
+    order = _length_order(examples)
+    lm = copy.deepcopy(model).float().eval()
+    device = str(next(lm.parameters()).device)
+    loss, _, _ = _per_example_functions(lm)
+    task = AttributionTask(loss_func=loss, model=lm, checkpoints=lm.state_dict())
+    params, _ = task.get_param(ckpt_idx=0)
+    gradient_of = task.get_grad_loss_func(in_dims=(None, 0))
+    size = _per_sample_batch_size(lm, max_length, batch_size, len(examples))
+    features = np.empty((len(examples), proj_dim), dtype=np.float32)
+    for first in range(0, len(order), size):
+        rows = order[first : first + size]
+        batch = _tensor_batch([examples[i] for i in rows], pad_id)
+        grads = torch.nan_to_num(gradient_of(params, tuple(t.to(device) for t in batch))).detach()
+        project = random_project(grads, grads.shape[0], proj_dim=proj_dim, proj_max_batch_size=32,
+                                 proj_seed=seed, device=device)
+        features[rows] = project(grads, ensemble_id=0).cpu().float().numpy()
+    return features

@@ -148,3 +148,25 @@ def test_batching_does_not_change_the_scores(setting, method, monkeypatch):
     batched = gradient_scores(method, model, tokenizer, train, test, proj_dim=proj_dim, batch_size=3)
     scale = np.abs(whole.scores).max()
     np.testing.assert_allclose(batched.scores, whole.scores, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_gradient_features_preserve_gradient_geometry(setting):
+    """The projected features' dot products track the exact per-example gradient dot
+    products (a random projection keeps them in expectation), and a duplicate's feature
+    vector is the nearest one to its original's."""
+    model, tokenizer, train, test = setting
+    features = gradient.gradient_features(model, tokenizer, train, proj_dim=2048, batch_size=5, seed=1)
+    assert features.shape == (len(train), 2048) and np.isfinite(features).all()
+    exact = []
+    for record in train:
+        lm = copy.deepcopy(model).float()
+        batch = collate(tokenize_records(tokenizer, [record], 160), tokenizer.pad_token_id)
+        response_losses(lm(input_ids=batch["input_ids"]).logits, batch["labels"]).sum().backward()
+        exact.append(torch.cat([p.grad.flatten() for p in lm.parameters()]).numpy())
+    exact = np.stack(exact)
+    exact_gram, projected_gram = exact @ exact.T, features @ features.T
+    upper = np.triu_indices(len(train))
+    assert spearmanr(exact_gram[upper], projected_gram[upper]).statistic > 0.9
+    again = gradient.gradient_features(model, tokenizer, [test[0], *train], proj_dim=2048, batch_size=5, seed=1)
+    np.testing.assert_allclose(again[1:], features, rtol=1e-4, atol=1e-5)  # same seed, same map
+    assert np.argmax(features @ again[0]) == DUPLICATES[0]
