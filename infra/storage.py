@@ -577,6 +577,7 @@ class S3ArtifactStore(ArtifactStore):
                     retries={"max_attempts": self.max_attempts, "mode": "standard"},
                     connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
                 ))
+                self._client_obj.meta.events.register("needs-retry.s3", _log_retry)
             return self._client_obj
 
     def _object_key(self, name: str) -> str:
@@ -666,6 +667,24 @@ class S3ArtifactStore(ArtifactStore):
 
     def _uri_of(self, name: str) -> str:
         return f"s3://{self.bucket}/{self._object_key(name)}"
+
+
+def _log_retry(response: Any = None, attempts: int = 0, caught_exception: Exception | None = None,
+               operation: Any = None, **_: Any) -> None:
+    """Log each failed S3 attempt (botocore retries silently): a flaky store shows in the logs.
+
+    Registered on botocore's ``needs-retry`` event, which fires after every attempt; only
+    attempts that failed (an HTTP status >= 500, a throttle or a connection error) are logged,
+    with the operation name and status, never the request (it could carry signed headers).
+    """
+    status = None
+    if response is not None:
+        status = response[0].status_code if response[0] is not None else None
+    if caught_exception is None and (status is None or status < 500) and status != 429:
+        return
+    cause = type(caught_exception).__name__ if caught_exception is not None else f"HTTP {status}"
+    name = getattr(operation, "name", "request")
+    logger.warning("S3 %s attempt %d failed (%s)", name, attempts, cause)
 
 
 def open_store(uri: str, max_attempts: int = 8) -> ArtifactStore:
