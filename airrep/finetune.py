@@ -211,6 +211,7 @@ def finetune_and_evaluate(
     dev_losses = per_example_loss(model, dev_examples, pad_id, config.eval_batch_size, accelerator)
     stats.eval_seconds = time.perf_counter() - start
     if not np.all(np.isfinite(dev_losses)):
-        raise DivergedError("a dev loss is NaN/inf after fine-tuning; these losses are not usable as labels")
+        raise DivergedError("a dev loss is NaN/inf after fine-tuning; these losses are not usable as labels: "
+                            f"lower finetune.lr (now {config.lr}) or use finetune.precision: fp32")
     accelerator.free_memory()
     return dev_losses, stats
