@@ -9,6 +9,7 @@ out every conversation (group) that has a chunk in the pretraining slice.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -178,3 +179,39 @@ def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> I
     bucket = f"artifacts-{uuid.uuid4().hex[:12]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     yield f"s3://{bucket}/prefix"
+
+
+# The micro config of the tiny pipeline: every stage runs in seconds on real ShareGPT text.
+MICRO = [
+    "sampling.n_splits=2", "sampling.n_dev=30", "sampling.n_pool=120", "sampling.n_subsets=4",
+    "sampling.subset_size=40", "sampling.pretrain_size=800",
+    "sampling.benchmark.n_test=20", "sampling.benchmark.n_pool=60", "sampling.benchmark.n_subsets=4",
+    "sampling.benchmark.subset_size=20",
+    "base_llm.tiny.vocab_size=2000", "base_llm.tiny.hidden_size=64", "base_llm.tiny.intermediate_size=256",
+    "base_llm.tiny.num_heads=2", "base_llm.tiny.lr=3e-3", "finetune.max_length=128",
+    "train.steps=3", "train.eval_every=3", "train.reference_size=8", "train.topk=4", "train.max_tokens=64",
+    "evaluate.methods=[airrep,airrep-sum,encoder,encoder-sum,tfidf,tfidf-sum,logra]",
+    "evaluate.gradient_proj_dim={logra: 64}", "orchestration.task_retry_delay_seconds=0",
+]
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def micro() -> list[str]:
+    """The micro pipeline's overrides, without the storage and work directory."""
+    return list(MICRO)
+
+
+@pytest.fixture
+def micro_overrides(tmp_path: Path, s3_env: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Overrides that put every artifact on S3 and MLflow's sqlite store in ``tmp_path``."""
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL"])
+    return MICRO + [f"work_dir={tmp_path}", f"storage.uri={s3_env}"]
