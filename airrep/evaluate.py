@@ -21,7 +21,7 @@ import torch
 
 from airrep.data import Record, format_record
 from airrep.metrics import lds
-from airrep.model import AirRep, Pooling, pool_groups
+from airrep.model import AirRep, Pooling, pool_groups_shared
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ class LDSTable:
 
 def group_lds(sims: np.ndarray, bench: BenchmarkData, pooling: Pooling) -> float:
     """LDS of per-example scores ``(n_test, n_pool)`` pooled over the benchmark's subsets."""
-    scores = pool_groups(torch.as_tensor(sims, dtype=torch.float32),
-                         torch.as_tensor(bench.subsets, dtype=torch.long), pooling)
+    scores = pool_groups_shared(torch.as_tensor(sims, dtype=torch.float32),
+                                torch.as_tensor(bench.subsets, dtype=torch.long), pooling)
     return lds(scores.numpy(), bench.losses.T)
 
 

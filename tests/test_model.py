@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig
 
-from airrep.model import AirRep, AirRepConfig, AirRepModel, resolve_encoder
+from airrep.model import AirRep, AirRepConfig, AirRepModel, pool_groups, pool_groups_shared, resolve_encoder
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +69,20 @@ def test_bf16_encode_close_to_fp32():
     bf16 = model.encode(texts)
     cos = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
     assert cos.min() > 0.999
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("pooling", ["attention", "sum"])
+def test_shared_pooling_equals_the_gather(dtype, pooling):
+    """Same scores as ``pool_groups`` for overlapping groups, repeated members, and a row
+    whose magnitudes span hundreds (where the shared shift would underflow a group)."""
+    rng = np.random.default_rng(1)
+    sims = torch.as_tensor(rng.normal(size=(6, 40)) * 3, dtype=dtype)
+    sims[2, :20] *= 200  # group members far below the row's largest magnitude
+    sims[2, 20:] /= 10
+    groups = torch.as_tensor(np.stack([rng.choice(40, 8, replace=False) for _ in range(5)]
+                                      + [np.array([30, 31, 32, 33, 30, 30, 34, 35])]))
+    expected = pool_groups(sims, groups, pooling)
+    got = pool_groups_shared(sims, groups, pooling)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
