@@ -163,6 +163,11 @@ def train_airrep(
         curve.step.append(step)
         curve.loss.append(float(loss))
         curve.pair_accuracy.append(pairwise_accuracy(scores, target, config.t_min))
+        if not show_progress_bar and accelerator.is_main_process and step % max(1, config.steps // 10) == 0:
+            # Orchestrated runs have no terminal for a bar: a tenth of the way, a log line.
+            log.info("step %d/%d: loss %.4f, pair accuracy %.3f, %.0f s", step, config.steps,
+                     float(np.mean(curve.loss[-10:])), float(np.mean(curve.pair_accuracy[-10:])),
+                     time.perf_counter() - start)
         if evaluate is not None and accelerator.is_main_process and (
                 step % config.eval_every == 0 or step == config.steps):
             curve.eval_step.append(step)
