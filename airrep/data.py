@@ -103,10 +103,14 @@ def _get_dotted(item: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+_SKIP_HINT = "or set data.skip_bad_records=true to skip (and count) bad records"
+
+
 def record_from_mapping(item: Any, fields: FieldMapping, where: str) -> Record:
     """Build a :class:`Record` from one source item, or raise :class:`CorpusError` naming ``where``."""
     if not isinstance(item, dict):
-        raise CorpusError(f"{where}: expected an object with fields, got {type(item).__name__}")
+        raise CorpusError(f"{where}: expected an object with fields, got {type(item).__name__}; "
+                          f"make each record a JSON object, {_SKIP_HINT}")
     values: dict[str, Any] = {}
     for name in ("id", "prompt", "response"):
         source_field = getattr(fields, name)
@@ -152,14 +156,16 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield where, CorpusError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})")
+                yield where, CorpusError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                                         f"re-encode the file as UTF-8, {_SKIP_HINT}")
                 continue
             if not text.strip():
                 continue
             try:
                 yield where, json.loads(text)
             except json.JSONDecodeError as exc:
-                yield where, CorpusError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})")
+                yield where, CorpusError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno}); "
+                                         f"fix or remove the line, {_SKIP_HINT}")
 
 
 def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
@@ -257,7 +263,9 @@ def load_records(config: DataConfig) -> tuple[list[Record], LoadReport]:
         records = records[: config.limit]
         report.records = len(records)
     if not records:
-        raise CorpusError(f"{config.source}: the corpus has no usable records ({report.summary()})")
+        raise CorpusError(f"{config.source}: the corpus has no usable records ({report.summary()}); "
+                          "point data.source at a corpus with non-empty prompts and responses, "
+                          "and check data.fields")
     log.info("loaded %s", report.summary())
     return records, report
 
