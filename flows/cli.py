@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from airrep.config import ConfigError, load_config
+from airrep.data import CorpusError
+from airrep.sampling import SamplingError
 
 DESCRIPTION = """\
 AirRep: learned training-data attribution, as an orchestrated pipeline.
@@ -225,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as exc:
+    except (ConfigError, CorpusError, SamplingError) as exc:  # bad input: the message says what to fix
         print(f"airrep: {exc}", file=sys.stderr)
         return 2
 

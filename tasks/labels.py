@@ -21,13 +21,13 @@ from prefect.cache_policies import NONE
 from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
-from airrep.data import corpus_fingerprint
+from airrep.data import CorpusError, corpus_fingerprint
 from airrep.finetune import finetune_and_evaluate
 from airrep.label_generation import finetune_key
 from airrep.labels import normalize
 from airrep.llm import fingerprint, load_base_llm, resolve_base_llm
 from airrep.paths import cache_dir
-from airrep.sampling import SubsetIndex, sample_index
+from airrep.sampling import SamplingError, SubsetIndex, sample_index
 from infra.storage import content_key, safe_key
 from tasks.common import records_by_id, store_for, typed
 
@@ -42,7 +42,19 @@ def npy_load(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-@task(cache_policy=NONE, retries=2, retry_delay_seconds=exponential_backoff(2))
+def retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient failures (a store hiccup), not bad input: it would fail the same way again."""
+    try:
+        state.result()
+    except (CorpusError, SamplingError):
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(cache_policy=NONE, retries=2, retry_delay_seconds=exponential_backoff(2),
+      retry_condition_fn=retry_unless_bad_input)
 def sample_splits(config: dict[str, Any]) -> dict[str, Any]:
     """Sample the subset index (deterministic in the seed) and publish it; returns its key."""
     cfg = typed(config)
