@@ -49,6 +49,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -60,6 +61,26 @@ from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
 logger = logging.getLogger(__name__)
+
+# botocore's DEBUG logs (``airrep -v``) print signed request headers: the access key id sits
+# in ``Credential=`` and a session token in ``X-Amz-Security-Token``. Mask both.
+_SIGNED = re.compile(r"(Credential=)[^/\s,'\"]+|(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?)[^'\"\s,}]+",
+                     re.IGNORECASE)
+
+
+class _RedactSignedRequests(logging.Filter):
+    """Mask access key ids and session tokens in botocore's request logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _SIGNED.sub(lambda m: (m.group(1) or m.group(2)) + "***", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+for _name in ("botocore.endpoint", "botocore.auth", "botocore.hooks", "botocore.parsers"):
+    logging.getLogger(_name).addFilter(_RedactSignedRequests())
 
 MARKER_SUFFIX = ".complete.json"
 MARKER_FORMAT = "airrep-artifact/1"
