@@ -205,12 +205,17 @@ class AirRep:
     def from_encoder(cls, encoder: str = DEFAULT_ENCODER, **kwargs) -> AirRep:
         """The untrained AirRep (identity projection) around a pretrained encoder."""
         model = AirRepModel.from_encoder(encoder)
-        return cls(model, AutoTokenizer.from_pretrained(resolve_encoder(encoder)), **kwargs)
+        return cls(model, AutoTokenizer.from_pretrained(resolve_encoder(encoder), trust_remote_code=False), **kwargs)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs) -> AirRep:
+        local = Path(path)
+        if local.is_dir() and not any(local.glob("*.safetensors")):
+            raise FileNotFoundError(
+                f"{local} has no *.safetensors weights: AirRep loads weights only from safetensors and never "
+                "unpickles files such as pytorch_model.bin; re-save the model with AirRep.save_pretrained")
         model = AirRepModel.from_pretrained(str(path), use_safetensors=True)
-        return cls(model, AutoTokenizer.from_pretrained(str(path)), **kwargs)
+        return cls(model, AutoTokenizer.from_pretrained(str(path), trust_remote_code=False), **kwargs)
 
     def save_pretrained(self, path: str | Path) -> None:
         self.model.save_pretrained(str(path), safe_serialization=True)
