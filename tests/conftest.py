@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import prefect.main  # noqa: F401  (Prefect sets up its logging on first import: do it before any capfd test)
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
