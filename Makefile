@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM = false
 export PREFECT_HOME ?= $(CURDIR)/.work/prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: run test lint install clean bench-quick
+.PHONY: run test lint install clean bench bench-quick
 
 run: $(STAMP)
 	$(VENV)/bin/airrep run -c $(CONFIG)
@@ -26,12 +26,17 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The quality benchmark (about an hour on 2 cores): the pipeline on ShareGPT and on Natural
+# Instructions, LDS against the baselines, task classification; writes benchmarks/RESULTS.md.
+bench: $(STAMP)
+	$(PY) -m benchmarks.quality -c configs/bench.yaml
+
 # The speed benchmarks (minutes): ratios of timings taken in one run, with the machine.
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.speed --out benchmarks/results/speed.json
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check airrep flows tasks infra tests
+	$(VENV)/bin/ruff check airrep flows tasks infra tests benchmarks
 
 install: $(STAMP)
 

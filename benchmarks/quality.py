@@ -1,0 +1,345 @@
+"""Attribution quality (``make bench``): the paper's LDS table in miniature, on two datasets.
+
+    python -m benchmarks.quality [-c configs/bench.yaml] [--datasets sharegpt,natural_instructions]
+
+For each dataset the whole pipeline runs as a Prefect flow (``flows.pipeline``) with the
+bench config and ``data.source`` set to that dataset: its own base LM, labels, AirRep,
+held-out benchmark (fine-tuned twice for the noise ceiling), LDS table and registry entry.
+On Natural Instructions, whose records carry their task name, the benchmark's records are
+also classified by task with a logistic-regression probe on three kinds of features:
+AirRep's embeddings, the untrained encoder's, and the base LM's projected gradients.
+
+Writes ``benchmarks/results/quality.json``, one PNG per figure under ``benchmarks/results/``
+and ``benchmarks/RESULTS.md`` (the generated tables, then ``benchmarks/discussion.md``), and
+logs the same to an MLflow run in the bench config's tracking store. A re-run reuses every
+published fine-tune and model, so it only re-does what changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.speed import machine
+
+log = logging.getLogger("benchmarks.quality")
+
+DATASETS = {
+    "sharegpt": "ShareGPT (general chat; first human turn and the reply)",
+    "natural_instructions": "Natural Instructions v1 from bigbench (61 task-labelled subtasks)",
+}
+# The paper's Table (LDS×100, Qwen2.5-0.5B) on the datasets nearest ours: Tulu (chat, like
+# ShareGPT) and FLAN (task-labelled instructions, like Natural Instructions). The ablation rows
+# (sum pooling, untrained encoder) exist only as the mean over its four datasets. Gradient
+# methods score a group by the sum of per-example influences, hence their "-sum" rows.
+PAPER = {
+    "sharegpt": {"airrep": 15.14, "logra-sum": 14.88, "less-sum": 13.02, "tracin-sum": 10.75, "tfidf": 5.24},
+    "natural_instructions": {"airrep": 21.11, "logra-sum": 19.75, "less-sum": 16.40, "tracin-sum": 14.75,
+                             "tfidf": 2.52},
+    "mean of 4": {"airrep": 26.23, "airrep-sum": 19.82, "encoder": 7.65, "logra-sum": 18.45, "less-sum": 16.16,
+                  "tracin-sum": 11.33, "tfidf": 9.98},
+}
+PAPER_NAMES = {"sharegpt": "Tulu", "natural_instructions": "FLAN", "mean of 4": "mean of 4"}
+# The paper's task-classification accuracy (%) on FLAN: AirRep, GTE-small, LoGra (18432-d).
+PAPER_CLASSIFICATION = {"airrep": 86.41, "encoder": 50.59, "gradient": 85.44}
+ROOT = Path(__file__).resolve().parent
+PROBE_FOLDS = 5
+
+
+def run_dataset(config_path: str, dataset: str, extra: list[str]) -> dict[str, Any]:
+    """The whole pipeline on one dataset; returns its LDS table, training curve and timings."""
+    from flows.pipeline import pipeline
+
+    overrides = [f"data.source={dataset}", f"name=bench-{dataset}", *extra]
+    start = time.perf_counter()
+    result = pipeline(config_path, overrides)
+    seconds = time.perf_counter() - start
+    return {"overrides": overrides, "seconds": round(seconds, 1), "table": result["evaluation"]["table"],
+            "curve": result["model"]["curve"], "model_key": result["model"]["key"], "llm": result["llm"],
+            "index_key": result["index_key"], "registry": result["registry"],
+            "finetunes_computed": result["finetunes_computed"], "finetunes_skipped": result["finetunes_skipped"]}
+
+
+def task_classification(config_path: str, run: dict[str, Any]) -> dict[str, Any]:
+    """Task-label accuracy of a probe on each kind of feature, over the benchmark's records
+    (test and pool); tasks with fewer records than probe folds are left out."""
+    from airrep.baselines.gradient import gradient_features
+    from airrep.llm import load_base_llm
+    from airrep.metrics import classification_accuracy
+    from airrep.model import AirRep
+    from flows.label_generation import config_dict
+    from tasks.common import records_by_id, typed
+    from tasks.labels import load_index, local_llm_path
+    from tasks.model import fetch_model_dir
+
+    config = config_dict(config_path, run["overrides"])
+    cfg = typed(config)
+    bench = load_index(config, run["index_key"]).benchmark
+    by_id = records_by_id(cfg)
+    records = [by_id[i] for i in list(bench.test) + list(bench.pool)]
+    counts = Counter(r.label for r in records)
+    records = [r for r in records if counts[r.label] >= PROBE_FOLDS]
+    labels = [r.label for r in records]
+    trained = AirRep.from_pretrained(fetch_model_dir(config, run["model_key"]), precision=cfg.train.precision)
+    untrained = AirRep.from_encoder(cfg.train.encoder, precision=cfg.train.precision)
+    untrained.model.config.max_tokens = cfg.train.max_tokens
+    lm, tokenizer = load_base_llm(local_llm_path(config, run["llm"]), cfg.base_llm)
+    features = {
+        "airrep": lambda: trained.encode(records),
+        "encoder": lambda: untrained.encode(records),
+        "gradient": lambda: gradient_features(lm, tokenizer, records, max_length=cfg.evaluate.gradient_max_length,
+                                              proj_dim=trained.dim, seed=cfg.seed),
+    }
+    rows = []
+    for name, make in features.items():
+        start = time.perf_counter()
+        matrix = make()
+        accuracy = classification_accuracy(matrix, labels, folds=PROBE_FOLDS, seed=cfg.seed)
+        rows.append({"features": name, "dim": int(matrix.shape[1]), "accuracy": accuracy,
+                     "seconds": round(time.perf_counter() - start, 1)})
+        log.info("task classification with %s features: %.3f", name, accuracy)
+    majority = max(Counter(labels).values()) / len(labels)
+    return {"rows": rows, "n_records": len(records), "n_tasks": len(set(labels)), "majority_baseline": majority}
+
+
+def plot_lds(results: dict[str, Any], path: Path) -> None:
+    """LDS×100 per method, one panel per dataset, the noise ceiling dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["datasets"])
+    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        table = results["datasets"][name]["table"]
+        rows = [r for r in table["rows"] if r["lds"] is not None and np.isfinite(r["lds"])]
+        colors = ["tab:red" if r["method"].startswith("airrep") else "tab:gray" for r in rows]
+        ax.bar([r["method"] for r in rows], [100 * r["lds"] for r in rows], color=colors)
+        if table["noise_ceiling"] is not None:
+            ax.axhline(100 * table["noise_ceiling"], ls="--", color="black", lw=1, label="noise ceiling")
+            ax.legend(loc="upper left")
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_title(name)
+        ax.set_ylabel("LDS × 100")
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(results: dict[str, Any], path: Path) -> None:
+    """AirRep's training loss and pair accuracy per step, per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for name, data in results["datasets"].items():
+        curve = data["curve"]
+        loss_ax.plot(curve["step"], _smooth(curve["loss"]), label=name)
+        acc_ax.plot(curve["step"], _smooth(curve["pair_accuracy"]), label=name)
+    loss_ax.set(xlabel="step", ylabel="weighted RankNet loss (10-step mean)")
+    acc_ax.set(xlabel="step", ylabel="training pair accuracy (10-step mean)")
+    loss_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_classification(classification: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = classification["rows"]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.bar([r["features"] for r in rows], [100 * r["accuracy"] for r in rows],
+           color=["tab:red" if r["features"] == "airrep" else "tab:gray" for r in rows])
+    ax.axhline(100 * classification["majority_baseline"], ls=":", color="black", lw=1, label="majority class")
+    ax.set_ylabel("task accuracy (%)")
+    ax.set_title("Natural Instructions: task from features")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _smooth(values: list[float], window: int = 10) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    if len(values) < window:
+        return values
+    kernel = np.ones(window) / window
+    head = np.cumsum(values[: window - 1]) / np.arange(1, window)
+    return np.concatenate([head, np.convolve(values, kernel, mode="valid")])
+
+
+def results_markdown(results: dict[str, Any], config_path: str, extra: list[str]) -> str:
+    """The generated part of RESULTS.md: setting, LDS tables beside the paper's, probe table."""
+    from airrep.config import load_config
+
+    cfg = load_config(config_path, extra)
+    s, b = cfg.sampling, cfg.sampling.benchmark
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `make bench` (`python -m benchmarks.quality`) from `configs/bench.yaml`; the "
+        "numbers below are those in `benchmarks/results/quality.json`. Speed figures: "
+        "`make bench-quick`, `benchmarks/results/speed.json` (summarised in the README).",
+        "",
+        "## Setting",
+        "",
+        f"- Machine: {results['machine']['cores']} CPU cores ({results['machine']['cpu_capability']}), "
+        f"torch {results['machine']['torch']}; whole run {results['seconds'] / 60:.0f} min.",
+        f"- Base LM: a Llama-architecture LM (hidden {cfg.base_llm.tiny.hidden_size}, "
+        f"{cfg.base_llm.tiny.num_layers} layers, vocabulary {cfg.base_llm.tiny.vocab_size}) pretrained by the "
+        f"pipeline on {s.pretrain_size} records of the same dataset that no split or benchmark uses.",
+        f"- Labels: {s.n_splits} cross-validation splits × {s.n_subsets} subsets of {s.subset_size} from a pool of "
+        f"{s.n_pool}; {s.n_dev} dev examples per split; fine-tune {cfg.finetune.epochs} epochs, lr {cfg.finetune.lr}.",
+        f"- AirRep: MiniLM-L6 (384-d), top {cfg.train.trainable_layers} layers and the projection trained for "
+        f"{cfg.train.steps} steps ({cfg.train.topk} subsets × {cfg.train.reference_size} dev examples per step).",
+        f"- Benchmark: {b.n_test} test examples, a pool of {b.n_pool}, {b.n_subsets} held-out subsets of "
+        f"{b.subset_size}, disjoint (by conversation or input group) from everything used for training. Each subset "
+        "is fine-tuned twice with independent seeds; the noise ceiling is the LDS of predicting the first run's "
+        "losses with the second's.",
+        "",
+        "## LDS × 100 on held-out subsets",
+        "",
+    ]
+    names = list(results["datasets"])
+    by_method: dict[str, dict[str, dict]] = {}
+    for name in names:
+        for row in results["datasets"][name]["table"]["rows"]:
+            by_method.setdefault(row["method"], {})[name] = row
+    papers = [n for n in [*names, "mean of 4"] if n in PAPER]
+    lines.append("| method | " + " | ".join(names) + " | dim | "
+                 + " | ".join(f"paper: {PAPER_NAMES[n]}" for n in papers) + " |")
+    lines.append("|---|" + "---|" * (len(names) + 1 + len(papers)))
+    for method, cells in by_method.items():
+        values = [f"{100 * cells[n]['lds']:.2f}" if n in cells and cells[n]["lds"] is not None
+                  and np.isfinite(cells[n]["lds"]) else "-" for n in names]
+        dim = next((c["dim"] for c in cells.values() if c["dim"] is not None), None)
+        paper = [str(PAPER[n].get(method, "-")) for n in papers]
+        lines.append(f"| {method} | " + " | ".join(values) + f" | {dim if dim is not None else '-'} | "
+                     + " | ".join(paper) + " |")
+    ceilings = [results["datasets"][n]["table"]["noise_ceiling"] for n in names]
+    lines.append("| *noise ceiling* | " + " | ".join(f"{100 * c:.2f}" if c is not None else "-" for c in ceilings)
+                 + " | - |" + " - |" * len(papers))
+    lines += ["", "The paper's columns are Qwen2.5-0.5B fine-tuned on subsets of 1000 from pools of 100k, "
+              "AirRep trained on 10^4 labelled subsets for 2000 steps; its ablation rows exist only as the "
+              "mean over its four datasets."]
+    lines += ["", "![LDS per method](results/quality-lds.png)", "",
+              "![AirRep training curves](results/quality-training.png)", ""]
+    for name in names:
+        data = results["datasets"][name]
+        lines.append(f"- {name}: pipeline {data['seconds'] / 60:.1f} min, {data['finetunes_computed']} fine-tunes run "
+                     f"({data['finetunes_skipped']} reused), AirRep training {data['curve']['seconds'] / 60:.1f} min, "
+                     f"final training pair accuracy {np.mean(data['curve']['pair_accuracy'][-10:]):.3f}.")
+    classification = results.get("classification")
+    if classification:
+        lines += ["", "## Task classification (Natural Instructions)", "",
+                  f"A logistic-regression probe ({PROBE_FOLDS}-fold stratified cross-validation, scikit-learn) "
+                  f"predicts the task of {classification['n_records']} benchmark records ({classification['n_tasks']} "
+                  f"tasks; majority class {100 * classification['majority_baseline']:.1f}%) from each kind of feature.",
+                  "", "| features | dim | accuracy (%) | paper, FLAN (%) |", "|---|---|---|---|"]
+        for row in classification["rows"]:
+            lines.append(f"| {row['features']} | {row['dim']} | {100 * row['accuracy']:.1f} | "
+                         f"{PAPER_CLASSIFICATION.get(row['features'], '-')} |")
+        lines += ["", "Paper: AirRep, GTE-small (untrained) and LoGra's 18432-d gradient features."]
+        lines += ["", "![Task classification](results/quality-classification.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def log_to_mlflow(config_path: str, extra: list[str], results: dict[str, Any], files: list[Path]) -> None:
+    """One MLflow run in the bench config's tracking store with every figure and file."""
+    import mlflow
+
+    from airrep.config import load_config
+    from infra import tracking
+
+    cfg = load_config(config_path, extra)
+    tracking.ensure_experiment(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
+        update={"experiment": "airrep-benchmarks"})}))
+    with mlflow.start_run(run_name="quality"):
+        for name, data in results["datasets"].items():
+            for row in data["table"]["rows"]:
+                if row["lds"] is not None and np.isfinite(row["lds"]):
+                    mlflow.log_metric(f"{name}.lds_{row['method']}", row["lds"])
+            if data["table"]["noise_ceiling"] is not None:
+                mlflow.log_metric(f"{name}.noise_ceiling", data["table"]["noise_ceiling"])
+        for row in (results.get("classification") or {}).get("rows", []):
+            mlflow.log_metric(f"classification_{row['features']}", row["accuracy"])
+        for path in files:
+            mlflow.log_artifact(str(path))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
+    parser.add_argument("-c", "--config", default="configs/bench.yaml", help="pipeline config (default: %(default)s)")
+    parser.add_argument("--datasets", default=",".join(DATASETS),
+                        help="comma-separated data sources (default: %(default)s)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="config override applied to every dataset (repeatable)")
+    parser.add_argument("--out", default=str(ROOT / "results"), help="results directory (default: %(default)s)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="re-draw the plots and RESULTS.md from OUT/quality.json without running anything")
+    parser.add_argument("--markdown", default=str(ROOT / "RESULTS.md"), help="report file (default: %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        results = json.loads((out / "quality.json").read_text())
+        results["paper"] = PAPER  # reference figures only; the measurements are untouched
+        (out / "quality.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+        write_report(results, args, out)
+        return results
+    start = time.perf_counter()
+    results: dict[str, Any] = {"config": args.config, "overrides": args.overrides, "machine": machine(),
+                               "datasets": {}, "paper": PAPER}
+    for dataset in args.datasets.split(","):
+        log.info("benchmark %s: %s", dataset, DATASETS.get(dataset, dataset))
+        results["datasets"][dataset] = run_dataset(args.config, dataset, args.overrides)
+        if dataset == "natural_instructions":
+            results["classification"] = task_classification(args.config, results["datasets"][dataset])
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    (out / "quality.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    files = write_report(results, args, out)
+    log_to_mlflow(args.config, args.overrides, results, files)
+    log.info("wrote %s and %s in %.0f min", files[0], files[-1], results["seconds"] / 60)
+    return results
+
+
+def write_report(results: dict[str, Any], args: argparse.Namespace, out: Path) -> list[Path]:
+    """The plots and RESULTS.md (generated tables, then benchmarks/discussion.md); their paths."""
+    files = [out / "quality.json", out / "quality-lds.png", out / "quality-training.png"]
+    plot_lds(results, files[1])
+    plot_curves(results, files[2])
+    if results.get("classification"):
+        files.append(out / "quality-classification.png")
+        plot_classification(results["classification"], files[-1])
+    report = Path(args.markdown)
+    discussion = ROOT / "discussion.md"
+    text = results_markdown(results, results.get("config", args.config), results.get("overrides", args.overrides))
+    if discussion.exists():
+        text += "\n" + discussion.read_text()
+    tmp = report.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    shutil.move(tmp, report)
+    return [*files, report]
+
+
+if __name__ == "__main__":
+    main()
