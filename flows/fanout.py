@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from prefect import flow
@@ -12,18 +12,22 @@ from prefect.logging import get_run_logger
 
 from airrep.config import OrchestrationConfig
 from flows.runners import torch_threads_per_worker
-from tasks.labels import finetune_subset
+from tasks.labels import finetune_subset, subset_jobs
 
 
 @flow(name="finetune-subsets", log_prints=True)
-def finetune_subsets(config: dict[str, Any], llm: dict[str, str], jobs: list[dict[str, Any]],
-                     description: str) -> list[dict[str, Any]]:
-    """Run every job (``members``, ``eval_ids``, ``seed``, ``label``); results in job order.
+def finetune_subsets(config: dict[str, Any], llm: dict[str, str], index_key: str,
+                     stage: Literal["labels", "benchmark"], description: str) -> list[dict[str, Any]]:
+    """Fine-tune every subset of ``stage`` in the published index; results in job order
+    (see :func:`tasks.labels.subset_jobs`).
 
-    Retries and the timeout come from ``orchestration``; a job whose result is already
-    published is skipped inside the task, so a re-run redoes only what is missing.
+    The jobs are built here from the index key, not passed in: a flow run's parameters are
+    stored by the Prefect API (at most 512 KB), and the member ids of thousands of subsets
+    are far larger. Retries and the timeout come from ``orchestration``; a job whose result
+    is already published is skipped inside the task, so a re-run redoes only what is missing.
     """
     logger = get_run_logger()
+    jobs = subset_jobs(config, index_key, stage)
     orch = config["orchestration"]
     task = finetune_subset.with_options(retries=orch["task_retries"],
                                         retry_delay_seconds=orch["task_retry_delay_seconds"],

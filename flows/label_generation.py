@@ -7,7 +7,6 @@ from typing import Any
 from prefect import flow
 
 from airrep.config import load_config
-from airrep.label_generation import subset_seed
 from flows.fanout import finetune_subsets
 from flows.runners import task_runner
 from infra.storage import content_key
@@ -25,11 +24,8 @@ def label_generation(config_path: str = "configs/tiny.yaml", overrides: list[str
     index = sample_splits(config)
     llm = prepare_base_llm(config, index["key"])
     split_index = load_index(config, index["key"])
-    jobs = [{"members": members, "eval_ids": split.dev, "seed": subset_seed(_finetune(config), k, j),
-             "label": f"split{k}-subset{j}"}
-            for k, split in enumerate(split_index.splits) for j, members in enumerate(split.subsets)]
     fan_out = finetune_subsets.with_options(task_runner=task_runner(_orchestration(config)))
-    results = fan_out(config, llm, jobs, "label generation")
+    results = fan_out(config, llm, index["key"], "labels", "label generation")
     run_key = content_key(index=index["key"], llm=llm["fingerprint"], finetune=config["finetune"])
     label_keys, position = [], 0
     for k, split in enumerate(split_index.splits):
@@ -38,12 +34,6 @@ def label_generation(config_path: str = "configs/tiny.yaml", overrides: list[str
         label_keys.append(normalize_labels(config, k, split.dev, keys, run_key))
     return {"index": index, "llm": llm, "label_keys": label_keys,
             "computed": sum(not r["skipped"] for r in results), "skipped": sum(r["skipped"] for r in results)}
-
-
-def _finetune(config: dict[str, Any]):
-    from airrep.config import FinetuneConfig
-
-    return FinetuneConfig.model_validate(config["finetune"])
 
 
 def _orchestration(config: dict[str, Any]):

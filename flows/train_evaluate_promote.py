@@ -6,8 +6,6 @@ from typing import Any
 
 from prefect import flow
 
-from airrep.config import FinetuneConfig
-from airrep.label_generation import benchmark_seed
 from flows.fanout import finetune_subsets
 from flows.label_generation import _orchestration, config_dict, label_generation
 from flows.runners import task_runner
@@ -20,14 +18,8 @@ def benchmark_losses(config: dict[str, Any], index_key: str,
     """Fine-tune every held-out benchmark subset (twice when the noise ceiling is on, with
     independent seeds); returns the published loss keys of both runs and all results."""
     bench = load_index(config, index_key).benchmark
-    settings = FinetuneConfig.model_validate(config["finetune"])
-    jobs = [{"members": m, "eval_ids": bench.test, "seed": benchmark_seed(settings, j), "label": f"benchmark-subset{j}"}
-            for j, m in enumerate(bench.subsets)]
-    if config["evaluate"]["noise_ceiling"]:
-        jobs += [{"members": m, "eval_ids": bench.test, "seed": benchmark_seed(settings, j, repeat=True),
-                  "label": f"benchmark-repeat{j}"} for j, m in enumerate(bench.subsets)]
     fan_out = finetune_subsets.with_options(task_runner=task_runner(_orchestration(config)))
-    results = fan_out(config, llm, jobs, "benchmark")
+    results = fan_out(config, llm, index_key, "benchmark", "benchmark")
     keys = [r["key"] for r in results]
     n = len(bench.subsets)
     return keys[:n], keys[n:], results

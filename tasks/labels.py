@@ -32,6 +32,33 @@ from infra.storage import content_key, safe_key
 from tasks.common import records_by_id, store_for, typed
 
 
+def subset_jobs(config: dict[str, Any], index_key: str, stage: str) -> list[dict[str, Any]]:
+    """The fine-tunes of one stage, in a fixed order: ``members``, ``eval_ids``, ``seed``, ``label``.
+
+    ``labels``: every subset of every split, split by split, scored on the split's dev set.
+    ``benchmark``: every held-out subset scored on the test set, then (with the noise
+    ceiling on) every one again with an independent seed.
+    """
+    from airrep.config import FinetuneConfig
+    from airrep.label_generation import benchmark_seed, subset_seed
+
+    index = load_index(config, index_key)
+    settings = FinetuneConfig.model_validate(config["finetune"])
+    if stage == "labels":
+        return [{"members": members, "eval_ids": split.dev, "seed": subset_seed(settings, k, j),
+                 "label": f"split{k}-subset{j}"}
+                for k, split in enumerate(index.splits) for j, members in enumerate(split.subsets)]
+    if stage != "benchmark":
+        raise ValueError(f"unknown fine-tune stage {stage!r}: 'labels' or 'benchmark'")
+    bench = index.benchmark
+    jobs = [{"members": m, "eval_ids": bench.test, "seed": benchmark_seed(settings, j), "label": f"benchmark-subset{j}"}
+            for j, m in enumerate(bench.subsets)]
+    if config["evaluate"]["noise_ceiling"]:
+        jobs += [{"members": m, "eval_ids": bench.test, "seed": benchmark_seed(settings, j, repeat=True),
+                  "label": f"benchmark-repeat{j}"} for j, m in enumerate(bench.subsets)]
+    return jobs
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
