@@ -29,7 +29,7 @@ test: $(STAMP)
 # The quality benchmark (about an hour on 2 cores): the pipeline on ShareGPT and on Natural
 # Instructions, LDS against the baselines, task classification; writes benchmarks/RESULTS.md.
 bench: $(STAMP)
-	$(PY) -m benchmarks.quality -c configs/bench.yaml
+	$(PY) -m benchmarks.quality -c configs/bench.yaml $(BENCH_ARGS)
 
 # The speed benchmarks (minutes): ratios of timings taken in one run, with the machine.
 bench-quick: $(STAMP)

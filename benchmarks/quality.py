@@ -200,7 +200,8 @@ def results_markdown(results: dict[str, Any], config_path: str, extra: list[str]
         "## Setting",
         "",
         f"- Machine: {results['machine']['cores']} CPU cores ({results['machine']['cpu_capability']}), "
-        f"torch {results['machine']['torch']}; whole run {results['seconds'] / 60:.0f} min.",
+        f"torch {results['machine']['torch']}; whole run "
+        f"{(results['seconds'] + results.get('previous_seconds', 0)) / 60:.0f} min.",
         f"- Base LM: a Llama-architecture LM (hidden {cfg.base_llm.tiny.hidden_size}, "
         f"{cfg.base_llm.tiny.num_layers} layers, vocabulary {cfg.base_llm.tiny.vocab_size}) pretrained by the "
         f"pipeline on {s.pretrain_size} records of the same dataset that no split or benchmark uses.",
@@ -293,6 +294,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="config override applied to every dataset (repeatable)")
     parser.add_argument("--out", default=str(ROOT / "results"), help="results directory (default: %(default)s)")
+    parser.add_argument("--keep-others", action="store_true",
+                        help="keep the results of datasets not run now from OUT/quality.json (re-run one dataset)")
     parser.add_argument("--report-only", action="store_true",
                         help="re-draw the plots and RESULTS.md from OUT/quality.json without running anything")
     parser.add_argument("--markdown", default=str(ROOT / "RESULTS.md"), help="report file (default: %(default)s)")
@@ -309,6 +312,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     results: dict[str, Any] = {"config": args.config, "overrides": args.overrides, "machine": machine(),
                                "datasets": {}, "paper": PAPER}
+    if args.keep_others and (out / "quality.json").exists():
+        previous = json.loads((out / "quality.json").read_text())
+        results["datasets"] = {k: v for k, v in previous["datasets"].items() if k not in args.datasets.split(",")}
+        if "classification" in previous and "natural_instructions" not in args.datasets.split(","):
+            results["classification"] = previous["classification"]
+        results["previous_seconds"] = previous.get("seconds", 0) + previous.get("previous_seconds", 0)
     for dataset in args.datasets.split(","):
         log.info("benchmark %s: %s", dataset, DATASETS.get(dataset, dataset))
         results["datasets"][dataset] = run_dataset(args.config, dataset, args.overrides)
