@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,6 +93,9 @@ def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torc
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
+_ACCELERATOR_LOCK = threading.Lock()
+
+
 def make_accelerator(precision: str) -> Accelerator:
     """An ``Accelerator`` for ``precision``; the process-wide state is reset if it differs.
 
@@ -99,10 +103,13 @@ def make_accelerator(precision: str) -> Accelerator:
     setting, but one worker may run fine-tunes and evaluations with different settings.
     """
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision", mixed) != mixed:
-        AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    # accelerate's states are process-wide singletons initialised field by field: two worker
+    # threads constructing at once can see a half-initialised GradientState.
+    with _ACCELERATOR_LOCK:
+        state = AcceleratorState._shared_state
+        if state and state.get("_mixed_precision", mixed) != mixed:
+            AcceleratorState._reset_state(reset_partial_state=True)
+        return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
 
 
 def token_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
