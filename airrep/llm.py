@@ -127,7 +127,8 @@ def build_tiny_lm(
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    model = LlamaForCausalLM(model_config)
+    with torch.device("cpu"):  # never on a default device another thread left set (e.g. "meta")
+        model = LlamaForCausalLM(model_config)
     examples = tokenize_records(tokenizer, records, max_length, train_on_prompt=True)
     settings = FinetuneConfig(epochs=tiny.epochs, lr=tiny.lr, batch_size=tiny.batch_size,
                               max_length=max_length, precision="bf16", seed=seed)

@@ -86,7 +86,8 @@ def tiny_random_lm(sharegpt_records: list[Record], tmp_path_factory: pytest.Temp
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(1234)
-    model = LlamaForCausalLM(config)
+    with torch.device("cpu"):
+        model = LlamaForCausalLM(config)
     model.eval()
     path = tmp_path_factory.mktemp("tiny_random_lm")
     model.save_pretrained(path, safe_serialization=True)
