@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import logging
 import random
 import socket
 import threading
@@ -224,3 +225,26 @@ def bucket_objects(s3_uri: str, endpoint: str) -> dict[str, bytes]:
 @pytest.fixture
 def raw_bucket(s3_server: str) -> Callable[[str], dict[str, bytes]]:
     return lambda s3_uri: bucket_objects(s3_uri, s3_server)
+
+
+@pytest.fixture
+def log_messages() -> Iterator[Callable[[str, int], list[str]]]:
+    """``log_messages(logger, level)``: a live list of that logger's messages during the test.
+
+    The handler sits on the logger itself: Prefect re-configures the root logger, which
+    drops handlers (caplog's included) attached there.
+    """
+    attached: list[tuple[logging.Logger, logging.Handler]] = []
+
+    def collect(name: str, level: int = logging.INFO) -> list[str]:
+        messages: list[str] = []
+        handler = logging.Handler(level)
+        handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        attached.append((logger, handler))
+        return messages
+
+    yield collect
+    for logger, handler in attached:
+        logger.removeHandler(handler)

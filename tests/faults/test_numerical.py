@@ -12,29 +12,15 @@ from airrep.finetune import DivergedError
 from flows.label_generation import label_generation
 
 
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def test_diverging_finetune_fails_and_publishes_nothing(micro_overrides, s3_env, raw_bucket):
+def test_diverging_finetune_fails_and_publishes_nothing(micro_overrides, s3_env, raw_bucket, log_messages):
     overrides = micro_overrides + ["finetune.lr=1e30", "finetune.epochs=1", "orchestration.task_retries=1",
                                    "sampling.n_subsets=2"]
-    collect = _Collect()
-    logger = logging.getLogger("prefect.task_runs")
-    logger.addHandler(collect)
-    try:
-        with pytest.raises(DivergedError) as failure:
-            label_generation("configs/tiny.yaml", overrides)
-    finally:
-        logger.removeHandler(collect)
+    task_log = log_messages("prefect.task_runs", logging.INFO)
+    with pytest.raises(DivergedError) as failure:
+        label_generation("configs/tiny.yaml", overrides)
     message = str(failure.value)
     assert ("nan" in message.lower() or "inf" in message.lower()) and "lower finetune.lr" in message
-    retried = [m for m in collect.messages if "DivergedError" in m and "Retry 1/1" in m]
+    retried = [m for m in task_log if "DivergedError" in m and "Retry 1/1" in m]
     assert retried, "the failed fine-tune was not retried"
 
     prefix = urllib.parse.urlparse(s3_env).path.strip("/") + "/"

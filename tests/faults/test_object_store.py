@@ -124,32 +124,19 @@ def test_killed_directory_upload_is_never_published(s3_env, s3_server, fault_pro
     assert not (tmp_path / "download").exists()
 
 
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def test_pipeline_completes_on_a_flaky_store(micro_overrides, s3_env, s3_server, fault_proxy, raw_bucket,
-                                             monkeypatch):
+                                             monkeypatch, log_messages):
     from flows.pipeline import pipeline
 
     proxy = fault_proxy(error_500=0.04, error_503=0.04, delay=0.04, delay_seconds=0.5, drop=0.04, seed=1)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # the artifact store goes through the proxy
-    collect = _Collect()  # on the module's logger itself: Prefect re-configures the root logger
-    logging.getLogger("infra.storage").addHandler(collect)
-    try:
-        result = pipeline("configs/tiny.yaml", micro_overrides)
-    finally:
-        logging.getLogger("infra.storage").removeHandler(collect)
+    storage_log = log_messages("infra.storage", logging.WARNING)
+    result = pipeline("configs/tiny.yaml", micro_overrides)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
 
     injected = sum(proxy.log.injected.values())
     assert injected >= 5, proxy.log.injected
-    retries = [m for m in collect.messages if m.startswith("S3 ") and "attempt" in m and "failed" in m]
+    retries = [m for m in storage_log if m.startswith("S3 ") and "attempt" in m and "failed" in m]
     assert retries, "failed S3 attempts were not logged"
     assert result["registry"]["version"] == "1" and np.isfinite(result["evaluation"]["lds"])
 
