@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from airrep.config import BaseLLMConfig, FinetuneConfig
 from airrep.data import Record, format_record
 from airrep.paths import cache_dir
+from airrep.transformers_lock import TRANSFORMERS_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,9 @@ def smollm2_dir() -> Path:
         )
     gguf_dir = Path(next(iter(spec.submodule_search_locations)))
     log.info("converting %s to safetensors (once)", SMOLLM2_GGUF)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    with TRANSFORMERS_LOCK:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     # The dequantised weights are plain fp32 tensors; drop the quantizer so they save as such.
     model.hf_quantizer = None
     model.is_quantized = False
@@ -127,7 +129,7 @@ def build_tiny_lm(
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    with torch.device("cpu"):  # never on a default device another thread left set (e.g. "meta")
+    with TRANSFORMERS_LOCK:
         model = LlamaForCausalLM(model_config)
     examples = tokenize_records(tokenizer, records, max_length, train_on_prompt=True)
     settings = FinetuneConfig(epochs=tiny.epochs, lr=tiny.lr, batch_size=tiny.batch_size,
@@ -162,11 +164,12 @@ def load_base_llm(name_or_path: str, config: BaseLLMConfig):
                 "Convert it with save_pretrained(safe_serialization=True)"
             )
     kwargs = {"revision": config.revision} if config.revision and not path.is_dir() else {}
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=config.trust_remote_code, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, use_safetensors=True, trust_remote_code=config.trust_remote_code,
-        dtype=torch.float32, **kwargs,
-    )
+    with TRANSFORMERS_LOCK:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=config.trust_remote_code, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, use_safetensors=True, trust_remote_code=config.trust_remote_code,
+            dtype=torch.float32, **kwargs,
+        )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

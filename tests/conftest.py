@@ -30,6 +30,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from airrep.config import BaseLLMConfig, DataConfig, TinyLMConfig
 from airrep.data import Record, format_record, load_records
 from airrep.llm import build_tiny_lm, train_tokenizer
+from airrep.transformers_lock import TRANSFORMERS_LOCK
 
 PRETRAIN_COUNT = 800
 TOKENIZER_TEXTS = 200
@@ -86,7 +87,7 @@ def tiny_random_lm(sharegpt_records: list[Record], tmp_path_factory: pytest.Temp
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(1234)
-    with torch.device("cpu"):
+    with TRANSFORMERS_LOCK:
         model = LlamaForCausalLM(config)
     model.eval()
     path = tmp_path_factory.mktemp("tiny_random_lm")

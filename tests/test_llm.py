@@ -1,12 +1,13 @@
 import copy
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 from huggingface_hub import HfApi
-from transformers import LlamaForCausalLM
+from transformers import LlamaForCausalLM, PreTrainedModel
 
 from airrep import finetune, llm
 from airrep.config import BaseLLMConfig
@@ -94,6 +95,24 @@ def test_load_base_llm_round_trips_the_saved_model(tiny_random_lm):
     ids = torch.tensor([tokenizer("### Instruction:\nhello")["input_ids"]])
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, tiny_random_lm.model(input_ids=ids).logits)
+
+
+def test_loads_from_many_threads_leave_later_models_tied(tiny_random_lm):
+    """transformers patches ``PreTrainedModel.tie_weights`` process-wide while it loads; loads
+    racing on a fan-out's threads must not leave it patched (a later tied model would keep an
+    untied ``lm_head`` on the meta device). Also checks every concurrent load came out whole."""
+    original_tie_weights = PreTrainedModel.tie_weights
+
+    def load(_: int) -> bool:
+        model, _ = load_base_llm(str(tiny_random_lm.path), BaseLLMConfig())
+        head, embeddings = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+        return head is embeddings and not head.is_meta
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert all(pool.map(load, range(24)))
+    assert PreTrainedModel.tie_weights is original_tie_weights
+    fresh = LlamaForCausalLM(tiny_random_lm.model.config)
+    assert fresh.lm_head.weight is fresh.model.embed_tokens.weight
 
 
 def test_remote_code_is_off_by_default():
