@@ -9,6 +9,7 @@ out every conversation (group) that has a chunk in the pretraining slice.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
@@ -17,20 +18,22 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import numpy as np
 import prefect.main  # noqa: F401  (Prefect sets up its logging on first import: do it before any capfd test)
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from airrep.config import BaseLLMConfig, DataConfig, TinyLMConfig
+from airrep.config import BaseLLMConfig, DataConfig, TinyLMConfig, load_config
 from airrep.data import Record, format_record, load_records
 from airrep.llm import build_tiny_lm, train_tokenizer
 from airrep.transformers_lock import TRANSFORMERS_LOCK
+from infra.storage import open_store
 
 PRETRAIN_COUNT = 800
 TOKENIZER_TEXTS = 200
@@ -218,3 +221,22 @@ def micro_overrides(tmp_path: Path, s3_env: str, monkeypatch: pytest.MonkeyPatch
     """Overrides that put every artifact on S3 and MLflow's sqlite store in ``tmp_path``."""
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL"])
     return MICRO + [f"work_dir={tmp_path}", f"storage.uri={s3_env}"]
+
+
+PublishedLabels = Callable[[dict, list[str]], list[np.ndarray]]
+
+
+@pytest.fixture
+def published_labels() -> PublishedLabels:
+    """Reads the per-subset dev-loss arrays a ``label_generation`` result points to, from the
+    store its overrides name (so two runs on two stores can be compared array by array)."""
+
+    def read(result: dict, overrides: list[str]) -> list[np.ndarray]:
+        store = open_store(load_config("configs/tiny.yaml", overrides).storage.uri)
+        arrays = []
+        for key in result["label_keys"]:
+            with np.load(io.BytesIO(store.get_bytes(key)), allow_pickle=False) as data:
+                arrays.append(data["losses"])
+        return arrays
+
+    return read

@@ -3,7 +3,6 @@ exactly the missing ones, and its labels equal those of a run that was never int
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -15,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from airrep.config import load_config
 from flows.label_generation import label_generation
-from infra.storage import MARKER_SUFFIX, open_store
+from infra.storage import MARKER_SUFFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 N_SUBSETS = 6  # per split; 2 splits -> 12 fine-tunes
@@ -29,16 +27,8 @@ def _published_finetunes(s3_uri: str, raw_bucket) -> set[str]:
     return {k for k in raw_bucket(s3_uri) if k.startswith(prefix) and k.endswith(MARKER_SUFFIX)}
 
 
-def _labels(result: dict, overrides: list[str]) -> list[np.ndarray]:
-    store = open_store(load_config("configs/tiny.yaml", overrides).storage.uri)
-    arrays = []
-    for key in result["label_keys"]:
-        with np.load(io.BytesIO(store.get_bytes(key)), allow_pickle=False) as data:
-            arrays.append(data["losses"])
-    return arrays
-
-
-def test_sigkill_then_resume_redoes_only_the_missing_finetunes(micro_overrides, s3_env, raw_bucket, tmp_path):
+def test_sigkill_then_resume_redoes_only_the_missing_finetunes(micro_overrides, s3_env, raw_bucket, tmp_path,
+                                                               published_labels):
     from prefect.settings import PREFECT_API_URL
 
     overrides = micro_overrides + [f"sampling.n_subsets={N_SUBSETS}"]
@@ -70,7 +60,8 @@ def test_sigkill_then_resume_redoes_only_the_missing_finetunes(micro_overrides, 
     fresh = overrides + [f"storage.uri={s3_env.rsplit('/', 1)[0]}/uninterrupted"]
     uninterrupted = label_generation("configs/tiny.yaml", fresh)
     assert uninterrupted["computed"] == total
-    for after_crash, clean in zip(_labels(resumed, overrides), _labels(uninterrupted, fresh), strict=True):
+    for after_crash, clean in zip(published_labels(resumed, overrides), published_labels(uninterrupted, fresh),
+                                    strict=True):
         np.testing.assert_array_equal(after_crash, clean)
     print(f"crash and resume: killed after {published}/{total} published, re-run computed "
           f"{resumed['computed']}, labels equal to an uninterrupted run")
