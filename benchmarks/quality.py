@@ -200,8 +200,9 @@ def results_markdown(results: dict[str, Any], config_path: str, extra: list[str]
         "## Setting",
         "",
         f"- Machine: {results['machine']['cores']} CPU cores ({results['machine']['cpu_capability']}), "
-        f"torch {results['machine']['torch']}; whole run "
-        f"{(results['seconds'] + results.get('previous_seconds', 0)) / 60:.0f} min.",
+        f"torch {results['machine']['torch']}; the runs behind these figures took "
+        f"{(results['seconds'] + results.get('previous_seconds', 0)) / 60:.0f} min together (per dataset below: "
+        "what each computed and what it reused from an earlier run).",
         f"- Base LM: a Llama-architecture LM (hidden {cfg.base_llm.tiny.hidden_size}, "
         f"{cfg.base_llm.tiny.num_layers} layers, vocabulary {cfg.base_llm.tiny.vocab_size}) pretrained by the "
         f"pipeline on {s.pretrain_size} records of the same dataset that no split or benchmark uses.",
