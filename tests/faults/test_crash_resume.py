@@ -1,5 +1,6 @@
 """A label-generation run SIGKILLed midway loses no finished fine-tune: the re-run computes
-exactly the missing ones, and its labels equal those of a run that was never interrupted."""
+exactly the missing ones, and its labels equal those of a run that was never interrupted. A
+SIGTERMed run stops within seconds, exits as failed, and loses nothing either."""
 
 from __future__ import annotations
 
@@ -27,27 +28,36 @@ def _published_finetunes(s3_uri: str, raw_bucket) -> set[str]:
     return {k for k in raw_bucket(s3_uri) if k.startswith(prefix) and k.endswith(MARKER_SUFFIX)}
 
 
-def test_sigkill_then_resume_redoes_only_the_missing_finetunes(micro_overrides, s3_env, raw_bucket, tmp_path,
-                                                               published_labels):
+def _start_labels_run(overrides: list[str], log_path: Path) -> subprocess.Popen:
+    """``airrep labels`` in its own process (and session), against the test's Prefect API."""
     from prefect.settings import PREFECT_API_URL
 
-    overrides = micro_overrides + [f"sampling.n_subsets={N_SUBSETS}"]
-    total = 2 * N_SUBSETS
     command = [sys.executable, "-m", "flows.cli", "labels", "-c", "configs/tiny.yaml"]
     for override in overrides:
         command += ["--set", override]
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    log = (tmp_path / "killed-run.log").open("wb")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _wait_until_published(process: subprocess.Popen, count: int, s3_env: str, raw_bucket, log_path: Path) -> None:
     deadline = time.monotonic() + 600
-    while len(_published_finetunes(s3_env, raw_bucket)) < KILL_AFTER:
+    while len(_published_finetunes(s3_env, raw_bucket)) < count:
         if process.poll() is not None:
-            pytest.fail(f"the run exited before the kill point:\n{(tmp_path / 'killed-run.log').read_text()[-3000:]}")
+            pytest.fail(f"the run exited before the kill point:\n{log_path.read_text()[-3000:]}")
         if time.monotonic() > deadline:
             os.killpg(process.pid, signal.SIGKILL)
             pytest.fail("no fine-tunes were published within 10 minutes")
         time.sleep(0.05)
+
+
+def test_sigkill_then_resume_redoes_only_the_missing_finetunes(micro_overrides, s3_env, raw_bucket, tmp_path,
+                                                               published_labels):
+    overrides = micro_overrides + [f"sampling.n_subsets={N_SUBSETS}"]
+    total = 2 * N_SUBSETS
+    log_path = tmp_path / "killed-run.log"
+    process = _start_labels_run(overrides, log_path)
+    _wait_until_published(process, KILL_AFTER, s3_env, raw_bucket, log_path)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
     published = len(_published_finetunes(s3_env, raw_bucket))
@@ -65,3 +75,32 @@ def test_sigkill_then_resume_redoes_only_the_missing_finetunes(micro_overrides, 
         np.testing.assert_array_equal(after_crash, clean)
     print(f"crash and resume: killed after {published}/{total} published, re-run computed "
           f"{resumed['computed']}, labels equal to an uninterrupted run")
+
+
+def test_sigterm_stops_soon_with_a_failing_exit_code_and_keeps_finished_work(micro_overrides, s3_env, raw_bucket,
+                                                                             tmp_path):
+    """What a supervisor (systemd, Kubernetes, a work pool's worker) sends first: the run
+    stops once its in-flight fine-tunes finish, exits by the signal (so the supervisor sees a
+    failure, not success), and the re-run computes only what is missing."""
+    overrides = micro_overrides + [f"sampling.n_subsets={N_SUBSETS}"]
+    total = 2 * N_SUBSETS
+    log_path = tmp_path / "terminated-run.log"
+    process = _start_labels_run(overrides, log_path)
+    _wait_until_published(process, 2, s3_env, raw_bucket, log_path)
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"still running 120 s after SIGTERM:\n{log_path.read_text()[-3000:]}")
+    stopped_after = time.monotonic() - sent
+    assert process.returncode == -signal.SIGTERM, log_path.read_text()[-3000:]
+    assert "Crashed" in log_path.read_text()  # the flow run is marked as such in Prefect
+    published = len(_published_finetunes(s3_env, raw_bucket))
+    assert 2 <= published < total
+
+    resumed = label_generation("configs/tiny.yaml", overrides)
+    assert (resumed["skipped"], resumed["computed"]) == (published, total - published)
+    print(f"SIGTERM: stopped {stopped_after:.1f} s after the signal with exit status {process.returncode}, "
+          f"{published}/{total} published; the re-run computed {resumed['computed']}")
