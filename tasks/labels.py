@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import threading
 import time
 from typing import Any
@@ -152,6 +153,29 @@ def local_llm_path(config: dict[str, Any], llm: dict[str, str]) -> str:
     if not (target / "config.json").exists():
         store_for(typed(config)).get_dir(llm["key"], target)
     return str(target)
+
+
+class _ThreadTimeoutWarningOnce(logging.Filter):
+    """Lets Prefect's "timeout configured, but the task is running in a worker thread" warning
+    through once per process instead of once per fine-tune (thousands per run). The timeout
+    itself works for a fine-tune: Prefect raises it in the thread at its next Python step, and
+    a training loop takes one every few milliseconds. Only a single long blocking call
+    (a stalled download) would outlast it, which is what the warning is about."""
+
+    _PREFIX = "Timeout of %s seconds configured for this task, but the task is running in a worker thread"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self._PREFIX):
+            return True
+        first, self.seen = not self.seen, True
+        return first
+
+
+logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutWarningOnce())
 
 
 @task(cache_policy=NONE, retries=3, retry_delay_seconds=exponential_backoff(5), timeout_seconds=3600,
