@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -220,9 +221,18 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger("prefect.task_runs").addFilter(_OnceFilter("Timeout of"))
 
 
+def _exit_on_sigterm(signum: int, _frame) -> None:
+    """SIGTERM as a normal exit with the shell's status for it (143), so that exit handlers
+    run: without them Prefect's temporary API server, a child process, outlives the run.
+    During a flow run Prefect's own handler comes first (it marks the run Crashed once the
+    in-flight tasks finish) and then re-sends the signal to this one."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if os.environ.get("PREFECT_HOME"):  # Prefect's local API cannot create its database's folder
         Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     try:

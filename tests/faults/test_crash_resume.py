@@ -28,16 +28,27 @@ def _published_finetunes(s3_uri: str, raw_bucket) -> set[str]:
     return {k for k in raw_bucket(s3_uri) if k.startswith(prefix) and k.endswith(MARKER_SUFFIX)}
 
 
-def _start_labels_run(overrides: list[str], log_path: Path) -> subprocess.Popen:
-    """``airrep labels`` in its own process (and session), against the test's Prefect API."""
+def _start_labels_run(overrides: list[str], log_path: Path, prefect_home: Path | None = None) -> subprocess.Popen:
+    """``airrep labels`` in its own process (and session): against the test's Prefect API, or
+    with ``prefect_home`` on a temporary API server of its own, as ``make run`` does."""
     from prefect.settings import PREFECT_API_URL
 
     command = [sys.executable, "-m", "flows.cli", "labels", "-c", "configs/tiny.yaml"]
     for override in overrides:
         command += ["--set", override]
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    if prefect_home is not None:
+        env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(prefect_home)}
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _wait_until_published(process: subprocess.Popen, count: int, s3_env: str, raw_bucket, log_path: Path) -> None:
@@ -80,12 +91,13 @@ def test_sigkill_then_resume_redoes_only_the_missing_finetunes(micro_overrides, 
 def test_sigterm_stops_soon_with_a_failing_exit_code_and_keeps_finished_work(micro_overrides, s3_env, raw_bucket,
                                                                              tmp_path):
     """What a supervisor (systemd, Kubernetes, a work pool's worker) sends first: the run
-    stops once its in-flight fine-tunes finish, exits by the signal (so the supervisor sees a
-    failure, not success), and the re-run computes only what is missing."""
+    stops once its in-flight fine-tunes finish, exits with status 143 (so the supervisor sees
+    a failure, not success), leaves no process behind (its temporary Prefect API server
+    included), and the re-run computes only what is missing."""
     overrides = micro_overrides + [f"sampling.n_subsets={N_SUBSETS}"]
     total = 2 * N_SUBSETS
     log_path = tmp_path / "terminated-run.log"
-    process = _start_labels_run(overrides, log_path)
+    process = _start_labels_run(overrides, log_path, prefect_home=tmp_path / "prefect-home")
     _wait_until_published(process, 2, s3_env, raw_bucket, log_path)
     process.send_signal(signal.SIGTERM)
     sent = time.monotonic()
@@ -95,12 +107,19 @@ def test_sigterm_stops_soon_with_a_failing_exit_code_and_keeps_finished_work(mic
         os.killpg(process.pid, signal.SIGKILL)
         pytest.fail(f"still running 120 s after SIGTERM:\n{log_path.read_text()[-3000:]}")
     stopped_after = time.monotonic() - sent
-    assert process.returncode == -signal.SIGTERM, log_path.read_text()[-3000:]
+    assert process.returncode == 128 + signal.SIGTERM, log_path.read_text()[-3000:]
     assert "Crashed" in log_path.read_text()  # the flow run is marked as such in Prefect
+    deadline = time.monotonic() + 30  # the API server gets a moment to shut down
+    while _group_alive(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _group_alive(process.pid):
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("a process of the terminated run (its temporary Prefect API server?) outlived it")
     published = len(_published_finetunes(s3_env, raw_bucket))
     assert 2 <= published < total
 
     resumed = label_generation("configs/tiny.yaml", overrides)
     assert (resumed["skipped"], resumed["computed"]) == (published, total - published)
-    print(f"SIGTERM: stopped {stopped_after:.1f} s after the signal with exit status {process.returncode}, "
+    print(f"SIGTERM: stopped {stopped_after:.1f} s after the signal with exit status {process.returncode} and "
+          "no process left behind, "
           f"{published}/{total} published; the re-run computed {resumed['computed']}")
