@@ -133,10 +133,6 @@ class FinetuneConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     precision: Literal["bf16", "fp32", "fp16"] = "bf16"
     seed: int = 0
-    # The attention kernel of the fine-tuned copy; None keeps the model's own (sdpa). For a
-    # tiny LM on CPU, eager is faster (short sequences, 32-wide heads; see finetune.py).
-    # An execution choice with the same math, so it is not part of a fine-tune's content key.
-    attn_implementation: Literal["eager", "sdpa"] | None = None
 
 
 class TrainConfig(_Section):

@@ -7,13 +7,6 @@ This is the product's hot path: label generation runs it once per subset (the pa
   positions never reach the vocabulary projection, which dominates a small LM's FLOPs);
 - per-example losses come from one scatter-add over those positions.
 
-Two settings help a small LM on CPU: AdamW's fused kernel (one call for all tensors) and,
-through ``finetune.attn_implementation: eager``, plain attention instead of SDPA's flash
-kernel, whose CPU backward is slow for 32-wide heads. Measured here with the tiny LM (2
-layers, 128 wide), one fine-tune on one thread went from 5.5 s to 4.2 s; two fine-tunes on
-two threads, as the local runner runs them, gained only 5-10%, because a model this small
-spends much of its time in Python dispatch, and the two threads share the GIL.
-
 Mixed precision and devices go through ``accelerate`` (bf16 autocast uses AMX on CPUs
 that have it, and tensor cores on GPUs).
 """
@@ -145,11 +138,7 @@ def train_lm(
     """Train ``model`` in place: AdamW, constant lr, token-mean loss on labelled tokens."""
     accelerator = accelerator or make_accelerator(config.precision)
     generator = torch.Generator().manual_seed(seed)
-    params = list(model.parameters())
-    # The fused kernel updates every tensor in one call: a small LM has many small tensors,
-    # and the per-tensor loop of the default implementation shows in its step time.
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     tokens, last_loss = 0, math.nan
@@ -224,8 +213,6 @@ def finetune_and_evaluate(
     dev_examples = tokenize_records(tokenizer, dev_records, config.max_length)
     accelerator = make_accelerator(config.precision)
     model = copy.deepcopy(base_model)
-    if config.attn_implementation:
-        model.set_attn_implementation(config.attn_implementation)
     stats = train_lm(model, train_examples, pad_id, config, seed, accelerator)
     start = time.perf_counter()
     dev_losses = per_example_loss(model, dev_examples, pad_id, config.eval_batch_size, accelerator)

@@ -35,7 +35,7 @@ def finetune_key(llm_fingerprint: str, members: list[str], eval_ids: list[str],
         "llm": llm_fingerprint,
         "members": sorted(members),
         "eval": list(eval_ids),
-        "settings": settings.model_dump(mode="json", exclude={"seed", "attn_implementation"}),
+        "settings": settings.model_dump(mode="json", exclude={"seed"}),
         "seed": seed,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]

@@ -119,10 +119,10 @@ def bench_topk(n_corpus: int = 1_000_000, n_query: int = 256, k: int = 10) -> di
 
 
 def bench_label_generation(n_subsets: int = 8, subset_size: int = 100, n_dev: int = 100) -> dict:
-    """The pipeline's fine-tune task body (bf16, eager attention, fused AdamW, LM head on scored positions only, two
+    """The pipeline's fine-tune task body (bf16, LM head on scored positions only, two
     worker threads of one torch thread each, as the local task runner runs it) vs a plain
     sequential fp32 loop (HF loss over full logits, all cores to torch) on the same subsets."""
-    from airrep.config import BaseLLMConfig, DataConfig, TinyLMConfig, load_config
+    from airrep.config import BaseLLMConfig, DataConfig, FinetuneConfig, TinyLMConfig
     from airrep.data import load_records
     from airrep.finetune import collate, finetune_and_evaluate, tokenize_records
     from airrep.llm import build_tiny_lm, load_base_llm
@@ -134,8 +134,7 @@ def bench_label_generation(n_subsets: int = 8, subset_size: int = 100, n_dev: in
     rng = np.random.default_rng(0)
     pool, dev = records[3000:4000], records[5000 : 5000 + n_dev]
     subsets = [[pool[i] for i in rng.choice(len(pool), subset_size, replace=False)] for _ in range(n_subsets)]
-    # The tiny config's: 2 epochs, lr 3e-4, batch 16, bf16, eager attention.
-    settings = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").finetune
+    settings = FinetuneConfig()  # the tiny config's: 2 epochs, lr 3e-4, batch 16, bf16
 
     def plain(subset) -> np.ndarray:
         lm = copy.deepcopy(model).train()

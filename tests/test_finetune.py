@@ -18,7 +18,6 @@ from airrep.finetune import (
     per_example_loss,
     tokenize_records,
 )
-from airrep.label_generation import finetune_key
 
 SETTINGS = FinetuneConfig(epochs=2, lr=1e-3, batch_size=8, eval_batch_size=5, max_length=64,
                           precision="fp32", seed=0)
@@ -183,23 +182,6 @@ def test_bf16_is_close_to_fp32(tiny_random_lm, train_records, dev_records):
     # fp32 again after bf16 (the accelerator state is reset between precisions).
     again, _ = finetune_and_evaluate(model, tokenizer, train_records, dev_records, SETTINGS)
     np.testing.assert_array_equal(again, fp32)
-
-
-def test_eager_attention_gives_the_losses_of_sdpa_and_the_same_content_key(tiny_random_lm, train_records,
-                                                                            dev_records):
-    """``attn_implementation`` only picks a kernel: the losses agree with the default's to
-    float rounding, the base model keeps its own kernel, and a published fine-tune is reused
-    whichever kernel a later run is configured with."""
-    model, tokenizer = tiny_random_lm.model, tiny_random_lm.tokenizer
-    eager_settings = SETTINGS.model_copy(update={"attn_implementation": "eager"})
-    default, _ = finetune_and_evaluate(model, tokenizer, train_records, dev_records, SETTINGS)
-    eager, _ = finetune_and_evaluate(model, tokenizer, train_records, dev_records, eager_settings)
-    np.testing.assert_allclose(eager, default, rtol=1e-4)
-    assert model.config._attn_implementation != "eager"
-    ids = [r.id for r in train_records]
-    assert finetune_key("llm", ids, ids, eager_settings, 0) == finetune_key("llm", ids, ids, SETTINGS, 0)
-    assert finetune_key("llm", ids, ids, SETTINGS.model_copy(update={"lr": 2e-3}), 0) != \
-        finetune_key("llm", ids, ids, SETTINGS, 0)
 
 
 def poisoned(model):
