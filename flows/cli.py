@@ -197,28 +197,12 @@ COMMANDS = {"run": cmd_run, "labels": cmd_labels, "train": cmd_train, "evaluate"
             "attribute": cmd_attribute, "watch": cmd_watch}
 
 
-class _OnceFilter(logging.Filter):
-    """Prefect repeats a warning that thread-pool timeouts cannot interrupt a running task
-    for every fine-tune; say it once."""
-
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix, self.seen = prefix, False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not record.getMessage().startswith(self.prefix):
-            return True
-        seen, self.seen = self.seen, True
-        return not seen
-
-
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not verbose:
         for noisy in ("httpx", "httpcore", "botocore", "urllib3", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("prefect.task_runs").addFilter(_OnceFilter("Timeout of"))
 
 
 def _exit_on_sigterm(signum: int, _frame) -> None:
