@@ -9,11 +9,14 @@ out every conversation (group) that has a chunk in the pretraining slice.
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +24,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+# The tests' Prefect home is their own (``make`` points PREFECT_HOME at the project's .work,
+# which `make run` keeps for its runs): set before Prefect is first imported, which reads it.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="airrep-tests-prefect-home-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 
 import boto3
 import numpy as np
@@ -203,7 +211,6 @@ MICRO = [
 
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):

@@ -66,9 +66,11 @@ def prefect_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 300) -> str:
+    """Run a Prefect CLI command; return its stdout and stderr together (a worker streams its
+    flow runs' output there, which is what explains a crashed run)."""
     result = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
+    return result.stdout + result.stderr
 
 
 def test_deploy_schedule_trigger_and_worker_run(prefect_server, micro, tmp_path):
@@ -102,7 +104,13 @@ def test_deploy_schedule_trigger_and_worker_run(prefect_server, micro, tmp_path)
     params = json.dumps({"config_path": "configs/tiny.yaml", "overrides": overrides})
     out = _run([PREFECT, "deployment", "run", "pipeline/pipeline", "--params", params], env)
     run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
-    _run([PREFECT, "worker", "start", "--pool", "gpu", "--run-once", "--type", "process"], env, timeout=900)
+    worker_out = _run([PREFECT, "worker", "start", "--pool", "gpu", "--run-once", "--type", "process"], env,
+                      timeout=900)
     state = _api(api, f"/flow_runs/{run_id}")["state"]
-    assert state["type"] == "COMPLETED", state
+    if state["type"] != "COMPLETED":
+        logs = _api(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"})
+        run_log = "\n".join(f"{entry['level']:>2} {entry['message']}" for entry in logs)
+        pytest.fail(f"flow run ended {state['type']}: {state.get('message')}\n"
+                    f"--- flow run log (tail) ---\n{run_log[-6000:]}\n"
+                    f"--- worker output (tail) ---\n{worker_out[-4000:]}")
     assert list((tmp_path / "work" / "tiny" / "evaluation").glob("*/lds.png"))
