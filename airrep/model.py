@@ -8,6 +8,7 @@ directory (safetensors + config + tokenizer) that ``AirRep.from_pretrained`` loa
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -198,11 +199,16 @@ class AirRep:
     """Encode texts and score training groups, in the shape of sentence-transformers."""
 
     def __init__(self, model: AirRepModel, tokenizer, device: str | torch.device | None = None,
-                 precision: Literal["bf16", "fp32"] = "bf16") -> None:
+                 precision: Literal["bf16", "fp32"] = "bf16", compile: bool = False) -> None:
+        """``compile=True`` runs encoding through ``torch.compile`` (dynamic shapes): about
+        15% more texts/s on CPU after a one-off compile of tens of seconds, so worth it for
+        indexing a corpus, not for a few queries; it needs a C++ compiler on the machine."""
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.precision = precision
+        self.compile = compile
+        self._runner: tuple[tuple, nn.Module] | None = None  # (weights' identity, module encode runs)
 
     @classmethod
     def from_encoder(cls, encoder: str = DEFAULT_ENCODER, **kwargs) -> AirRep:
@@ -233,7 +239,7 @@ class AirRep:
         """Embeddings ``(n, dim)`` float32, in input order.
 
         Batches are formed from length-sorted texts (less padding) under ``inference_mode``;
-        on CPUs with AMX and on GPUs bf16 autocast is ~5x faster and changes cosine
+        on CPUs with AMX and on GPUs bf16 is several times faster than fp32 and changes cosine
         similarity by < 1e-3 (checked in tests).
         """
         texts = [format_record(t) if isinstance(t, Record) else t for t in texts]
@@ -243,13 +249,33 @@ class AirRep:
         order = np.argsort([len(ids) for ids in tokens.ids], kind="stable")[::-1]
         out = torch.empty((len(texts), self.dim), dtype=torch.float32)
         batches = range(0, len(texts), batch_size)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    enabled=self.precision == "bf16"):
+        runner = self._inference_module()
+        with torch.inference_mode():
             for first in tqdm(batches, desc="encode", disable=not show_progress_bar):
                 rows = order[first : first + batch_size]
                 batch = tokens.batch(rows, self.device)
-                out[torch.as_tensor(rows.copy())] = self.model(**batch).float().cpu()
+                out[torch.as_tensor(rows.copy())] = runner(**batch).float().cpu()
         return out.numpy()
+
+    def _inference_module(self) -> nn.Module:
+        """The module ``encode`` runs: ``self.model`` in fp32; in bf16, a bf16 copy of it.
+
+        Whole-model bf16 rather than autocast: autocast re-casts every weight on every call
+        and runs layer norms and GELU in fp32 with conversions around them; the bf16 copy is
+        about 15% faster on AMX and stays within the same < 1e-3 of fp32's cosine similarity
+        (tests/test_model.py). The copy (and its compiled form) is kept while ``self.model``'s
+        parameters are unchanged: an in-place update (an optimizer step, ``load_state_dict``)
+        bumps a tensor's version counter, which the cache key holds.
+        """
+        if self.precision != "bf16" and not self.compile:
+            return self.model
+        key = (self.precision, tuple((id(p), p._version) for p in self.model.parameters()))
+        if self._runner is None or self._runner[0] != key:
+            module = self.model
+            if self.precision == "bf16":
+                module = copy.deepcopy(self.model).to(torch.bfloat16).eval()
+            self._runner = (key, torch.compile(module, dynamic=True) if self.compile else module)
+        return self._runner[1]
 
     @property
     def dim(self) -> int:

@@ -71,6 +71,32 @@ def test_bf16_encode_close_to_fp32():
     assert cos.min() > 0.999
 
 
+def test_bf16_copy_follows_in_place_weight_updates(tiny_airrep):
+    """encode keeps a bf16 copy of the model; an optimizer-style in-place update must reach it."""
+    airrep = AirRep(tiny_airrep.model, tiny_airrep.tokenizer, precision="bf16")
+    before = airrep.encode(TEXTS)
+    kept = airrep._runner[1]
+    assert airrep._inference_module() is kept  # unchanged weights: the copy is reused
+    with torch.no_grad():
+        airrep.model.projection.weight.mul_(2)
+    try:
+        after = airrep.encode(TEXTS)
+    finally:
+        with torch.no_grad():
+            airrep.model.projection.weight.div_(2)
+    np.testing.assert_allclose(after, 2 * before, rtol=1e-2, atol=1e-3)
+
+
+def test_compiled_encode_matches_eager(tiny_airrep):
+    """``compile=True`` (torch.compile, dynamic shapes) gives the eager model's embeddings for
+    batches of several lengths and sizes."""
+    compiled = AirRep(tiny_airrep.model, tiny_airrep.tokenizer, precision="fp32", compile=True)
+    texts = TEXTS * 2 + ["one more text of yet another length, to change the padded width"]
+    for batch_size in (3, 5):
+        np.testing.assert_allclose(compiled.encode(texts, batch_size=batch_size),
+                                   tiny_airrep.encode(texts, batch_size=batch_size), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("pooling", ["attention", "sum"])
 def test_shared_pooling_equals_the_gather(dtype, pooling):
