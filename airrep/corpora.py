@@ -13,13 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
-import subprocess
-import sys
 import tarfile
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from airrep.config import DataConfig
 from airrep.data import CorpusError, LoadReport, Record, read_jsonl, write_jsonl
@@ -149,21 +152,65 @@ def load_sharegpt(config: DataConfig, report: LoadReport) -> list[Record]:
     return records
 
 
+PYPI_SIMPLE = "https://pypi.org/simple"
+
+
 def bigbench_archive(version: str = BIGBENCH_VERSION) -> Path:
-    """The ``bigbench`` sdist, downloaded once from the package registry (never installed)."""
+    """The ``bigbench`` sdist, downloaded once from the package registry (never installed).
+
+    Fetched by hand from the index's JSON listing (PEP 691) rather than with ``pip
+    download``: pip builds an sdist's metadata even with ``--no-deps``, and current pip
+    refuses bigbench's (it declares ``bleurt @ file://...``). The file is checked against
+    the index's sha256 and only then moved into place, so a cut download is never taken
+    for the archive. ``PIP_INDEX_URL`` points it at a mirror.
+    """
     target = cache_dir("downloads")
     archive = target / f"bigbench-{version}.tar.gz"
-    if not archive.exists():
-        log.info("downloading the bigbench %s source distribution (~350 MB, once)", version)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   f"bigbench=={version}", "-d", str(target)]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0 or not archive.exists():
-            raise CorpusError(
-                f"could not download bigbench=={version} with pip ({result.stderr.strip()[-500:]}); "
-                f"place the sdist at {archive} by hand or choose data.source: sharegpt"
-            )
+    if archive.exists():
+        return archive
+    index = os.environ.get("PIP_INDEX_URL", PYPI_SIMPLE).rstrip("/")
+    try:
+        entry = _index_file(index, "bigbench", archive.name)
+        log.info("downloading %s (%.0f MB, once) from %s", archive.name, entry.get("size", 0) / 1e6, index)
+        _download_verified(entry["url"], entry["hashes"]["sha256"], archive)
+    except (OSError, ValueError, KeyError) as error:
+        raise CorpusError(
+            f"could not download {archive.name} from {index} ({error}); place the sdist at {archive} "
+            "by hand, set PIP_INDEX_URL to a reachable mirror, or choose data.source: sharegpt"
+        ) from error
     return archive
+
+
+def _index_file(index: str, project: str, filename: str) -> dict[str, Any]:
+    """The ``files`` entry for ``filename`` in ``index``'s JSON listing of ``project``."""
+    request = urllib.request.Request(f"{index}/{project}/",
+                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        listing = json.loads(response.read())
+    for entry in listing.get("files", []):
+        if entry.get("filename") == filename:
+            entry["url"] = urllib.parse.urljoin(f"{index}/{project}/", entry["url"])
+            return entry
+    raise ValueError(f"{index}/{project}/ lists no {filename}")
+
+
+def _download_verified(url: str, sha256: str, path: Path) -> None:
+    """Download ``url`` to ``path`` through a temporary file, published only if its sha256 matches."""
+    partial = path.with_name(path.name + ".part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out, \
+                tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B",
+                     unit_scale=True, desc=path.name) as progress:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                progress.update(len(chunk))
+        if digest.hexdigest() != sha256:
+            raise ValueError(f"sha256 of the download is {digest.hexdigest()}, the index says {sha256}")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def natural_instruction_records(task: str, payload: dict[str, Any], where: str) -> list[Record]:

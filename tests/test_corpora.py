@@ -1,7 +1,11 @@
+import hashlib
+import http.server
 import io
 import json
 import re
 import tarfile
+import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -199,7 +203,7 @@ def make_bigbench_archive(cache_root, tasks: dict[str, bytes]) -> None:
 def test_load_natural_instructions_from_the_archive(tmp_path, monkeypatch):
     monkeypatch.setenv("AIRREP_CACHE", str(tmp_path))
     # The archive is present, so nothing may be downloaded.
-    monkeypatch.setattr(corpora.subprocess, "run", lambda *a, **k: pytest.fail("tried to download"))
+    monkeypatch.setattr(corpora.urllib.request, "urlopen", lambda *a, **k: pytest.fail("tried to download"))
     examples_2 = [(f"input two {i}", [f"target {i}"]) for i in range(12)]  # index 10, 11 sort after 9
     examples_1 = [("shared input", ["a"]), ("shared input", ["b"]), ("other input", ["c"])]
     make_bigbench_archive(tmp_path, {
@@ -240,3 +244,61 @@ def test_cached_natural_instructions_still_report_skipped_tasks(tmp_path, monkey
     load_records(DataConfig(source="natural_instructions", skip_bad_records=True))
     _, report = load_records(DataConfig(source="natural_instructions", skip_bad_records=True))
     assert report.bad_records == 1
+
+
+# --- bigbench_archive: the download, over real HTTP on 127.0.0.1 ----------------------------
+
+
+@pytest.fixture
+def package_index(tmp_path, monkeypatch) -> Iterator[dict]:
+    """A PEP 691 JSON index serving one bigbench sdist; ``served["sha256"]`` is what it claims."""
+    body = b"sdist bytes " * 50_000
+    served = {"body": body, "sha256": hashlib.sha256(body).hexdigest(), "requests": []}
+    name = f"bigbench-{BIGBENCH_VERSION}.tar.gz"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            served["requests"].append(self.path)
+            if self.path == "/simple/bigbench/":
+                listing = {"files": [{"filename": name, "url": f"../../files/{name}", "size": len(body),
+                                      "hashes": {"sha256": served["sha256"]}}]}
+                payload, kind = json.dumps(listing).encode(), "application/vnd.pypi.simple.v1+json"
+            elif self.path == f"/files/{name}":
+                payload, kind = served["body"], "application/octet-stream"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AIRREP_CACHE", str(tmp_path))
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_address[1]}/simple")
+    try:
+        yield served
+    finally:
+        server.shutdown()
+
+
+def test_bigbench_archive_downloads_once_and_checks_the_hash(package_index, tmp_path):
+    archive = corpora.bigbench_archive()
+    assert archive == tmp_path / "downloads" / f"bigbench-{BIGBENCH_VERSION}.tar.gz"
+    assert archive.read_bytes() == package_index["body"]
+    assert corpora.bigbench_archive() == archive  # cached: no second request
+    assert len(package_index["requests"]) == 2
+    assert list(archive.parent.iterdir()) == [archive]
+
+
+def test_bigbench_archive_with_a_wrong_hash_publishes_nothing(package_index, tmp_path):
+    package_index["sha256"] = "0" * 64
+    with pytest.raises(CorpusError, match="sha256 of the download") as error:
+        corpora.bigbench_archive()
+    assert "place the sdist at" in str(error.value) and "data.source: sharegpt" in str(error.value)
+    assert list((tmp_path / "downloads").iterdir()) == []  # neither the archive nor a partial file
