@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from airrep import linear_cross_entropy as lce
+from airrep.linear_cross_entropy import linear_cross_entropy
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """64-row chunks, so 300 rows cross four chunk boundaries and end in a partial chunk."""
+    monkeypatch.setattr(lce, "_CPU_CHUNK_ELEMENTS", 1)
+
+
+def inputs(n: int = 300, d: int = 24, vocab: int = 97, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, d, generator=generator)
+    weight = torch.randn(vocab, d, generator=generator) * 0.3
+    targets = torch.randint(0, vocab, (n,), generator=generator)
+    upstream = torch.rand(n, generator=generator)  # not uniform: a mean's gradient would hide row mix-ups
+    return hidden, weight, targets, upstream
+
+
+def losses_and_grads(fn, hidden, weight, targets, upstream):
+    hidden = hidden.clone().requires_grad_()
+    weight = weight.clone().requires_grad_()
+    losses = fn(hidden, weight, targets)
+    (losses * upstream).sum().backward()
+    return losses.detach(), hidden.grad, weight.grad
+
+
+def reference(hidden, weight, targets):
+    return torch.nn.functional.cross_entropy((hidden @ weight.T).float(), targets, reduction="none")
+
+
+def test_fp32_matches_cross_entropy_across_chunks(small_chunks):
+    args = inputs()
+    got = losses_and_grads(linear_cross_entropy, *args)
+    want = losses_and_grads(reference, *args)
+    for name, a, b in zip(("losses", "hidden grad", "weight grad"), got, want, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_bf16_autocast_matches_cross_entropy_on_the_same_logits(small_chunks):
+    args = inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = losses_and_grads(linear_cross_entropy, *args)
+        want = losses_and_grads(reference, *args)
+    assert got[0].dtype == torch.float32
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    # The reference rounds its whole weight gradient to bf16 once; the chunks add in fp32.
+    for a, b in zip(got[1:], want[1:], strict=True):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_inference_mode_returns_the_losses_without_a_graph():
+    hidden, weight, targets, _ = inputs(n=10)
+    with torch.inference_mode():
+        losses = linear_cross_entropy(hidden, weight, targets)
+    assert not losses.requires_grad
+    torch.testing.assert_close(losses, reference(hidden, weight, targets))
+
+
+def test_only_the_weight_can_require_grad():
+    hidden, weight, targets, upstream = inputs(n=70)
+    weight = weight.clone().requires_grad_()
+    (linear_cross_entropy(hidden, weight, targets) * upstream).sum().backward()
+    expected = weight.detach().clone().requires_grad_()
+    (reference(hidden, expected, targets) * upstream).sum().backward()
+    torch.testing.assert_close(weight.grad, expected.grad, rtol=1e-5, atol=1e-6)
