@@ -145,7 +145,14 @@ def train_lm(
     accelerator = accelerator or make_accelerator(config.precision)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.scaler is not None:  # fp16: the loss scaler wraps the optimizer step
+        model, optimizer = accelerator.prepare(model, optimizer)
+    else:
+        # Nothing else in ``prepare`` applies to a one-process fine-tune, and it patches
+        # ``model.forward`` and ``optimizer.step`` with closures that form reference cycles:
+        # the model and its Adam state would then outlive the fine-tune until a full garbage
+        # collection (~0.2 s per fine-tune in a pipeline process, holding the GIL).
+        model.to(accelerator.device)
     model.train()
     tokens, last_loss = 0, math.nan
     start = time.perf_counter()
@@ -198,6 +205,19 @@ def per_example_loss(
     return result
 
 
+def use_attention(model: nn.Module, attention: str, device: torch.device) -> None:
+    """Switch ``model`` to the configured attention kernel (``auto``: eager on CPU).
+
+    Measured on 2 CPU cores for a fine-tune step of 16 x 160 tokens: the CPU flash kernel's
+    backward took 12x its forward, and eager attention made the whole step ~25% faster.
+    A model loaded with another kernel on purpose (e.g. ``flash_attention_2``) keeps it.
+    """
+    current = getattr(model.config, "_attn_implementation", None)
+    wanted = ("eager" if device.type == "cpu" else current) if attention == "auto" else attention
+    if wanted != current and current in ("eager", "sdpa"):
+        model.set_attn_implementation(wanted)
+
+
 def finetune_and_evaluate(
     base_model: nn.Module,
     tokenizer,
@@ -219,6 +239,7 @@ def finetune_and_evaluate(
     dev_examples = tokenize_records(tokenizer, dev_records, config.max_length)
     accelerator = make_accelerator(config.precision)
     model = copy.deepcopy(base_model)
+    use_attention(model, config.attention, accelerator.device)
     stats = train_lm(model, train_examples, pad_id, config, seed, accelerator)
     start = time.perf_counter()
     dev_losses = per_example_loss(model, dev_examples, pad_id, config.eval_batch_size, accelerator)
@@ -226,5 +247,6 @@ def finetune_and_evaluate(
     if not np.all(np.isfinite(dev_losses)):
         raise DivergedError("a dev loss is NaN/inf after fine-tuning; these losses are not usable as labels: "
                             f"lower finetune.lr (now {config.lr}) or use finetune.precision: fp32")
-    accelerator.free_memory()
+    if accelerator.scaler is not None:
+        accelerator.free_memory()  # breaks ``prepare``'s reference cycles (see train_lm)
     return dev_losses, stats
