@@ -144,7 +144,18 @@ def pool_groups(sims: torch.Tensor, groups: torch.Tensor, pooling: Pooling = "at
     return (weights * member_sims).sum(-1)
 
 
-def pool_groups_shared(sims: torch.Tensor, groups: torch.Tensor, pooling: Pooling = "attention") -> torch.Tensor:
+def group_membership(groups: torch.Tensor, n_pool: int, dtype: torch.dtype,
+                     device: torch.device | None = None) -> torch.Tensor:
+    """``(n_groups, n_pool)`` member counts: row ``g`` counts each pool item's copies in group ``g``."""
+    membership = torch.zeros(len(groups), n_pool, dtype=dtype, device=device)
+    rows = torch.arange(len(groups), device=device).repeat_interleave(groups.shape[1])
+    membership.index_put_((rows, groups.reshape(-1)), torch.ones(groups.numel(), dtype=dtype, device=device),
+                          accumulate=True)
+    return membership
+
+
+def pool_groups_shared(sims: torch.Tensor, groups: torch.Tensor, pooling: Pooling = "attention",
+                       membership: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`pool_groups` for many groups drawn from one pool, without the gather (no grad).
 
     Written by hand for evaluation speed: ``pool_groups`` materialises ``sims`` once per group
@@ -153,15 +164,15 @@ def pool_groups_shared(sims: torch.Tensor, groups: torch.Tensor, pooling: Poolin
     instead of each group's (the same softmax), and both sums over a group's members are one
     matrix product with the ``(n_groups, n_pool)`` membership-count matrix. Rows where a
     group's weights would lose precision to underflow (a magnitude range of hundreds) fall
-    back to ``pool_groups``.
+    back to ``pool_groups``. A caller scoring query chunks passes ``membership`` (from
+    :func:`group_membership`) and an ``out`` buffer shaped like ``sims`` to reuse across
+    chunks: a fresh buffer of this size costs more in page faults than the ``exp`` on it.
     """
-    membership = torch.zeros(len(groups), sims.shape[1], dtype=sims.dtype, device=sims.device)
-    rows = torch.arange(len(groups), device=sims.device).repeat_interleave(groups.shape[1])
-    membership.index_put_((rows, groups.reshape(-1)), torch.ones(groups.numel(), dtype=sims.dtype,
-                                                                  device=sims.device), accumulate=True)
+    if membership is None:
+        membership = group_membership(groups, sims.shape[1], sims.dtype, sims.device)
     if pooling == "sum":
         return sims @ membership.T
-    weights = sims.abs()  # in place from here: one (n_query, n_pool) buffer, not four
+    weights = torch.abs(sims, out=out)  # in place from here: one (n_query, n_pool) buffer, not four
     weights.sub_(weights.max(dim=1, keepdim=True).values).exp_()
     denominator = weights @ membership.T
     scores = (weights.mul_(sims) @ membership.T) / denominator
@@ -296,8 +307,14 @@ class AirRep:
         train = torch.as_tensor(np.asarray(train_emb), dtype=dtype)
         index = torch.as_tensor(np.asarray(groups), dtype=torch.long)
         with torch.no_grad():
-            parts = [pool_groups_shared(query[i : i + chunk] @ train.T, index, pooling)
-                     for i in range(0, len(query), chunk)]
+            membership = group_membership(index, len(train), dtype)
+            sims = torch.empty(min(chunk, len(query)), len(train), dtype=dtype)
+            weights = torch.empty_like(sims)
+            parts = []
+            for i in range(0, len(query), chunk):
+                rows = len(query[i : i + chunk])
+                torch.mm(query[i : i + chunk], train.T, out=sims[:rows])
+                parts.append(pool_groups_shared(sims[:rows], index, pooling, membership, weights[:rows]))
         return torch.cat(parts).numpy() if parts else np.zeros((0, len(index)), dtype=np.float32)
 
     @staticmethod
