@@ -312,9 +312,10 @@ class AirRep:
             weights = torch.empty_like(sims)
             parts = []
             for i in range(0, len(query), chunk):
-                rows = len(query[i : i + chunk])
-                torch.mm(query[i : i + chunk], train.T, out=sims[:rows])
-                parts.append(pool_groups_shared(sims[:rows], index, pooling, membership, weights[:rows]))
+                block = query[i : i + chunk]
+                torch.mm(block, train.T, out=sims[: len(block)])
+                parts.append(pool_groups_shared(sims[: len(block)], index, pooling, membership,
+                                                weights[: len(block)]))
         return torch.cat(parts).numpy() if parts else np.zeros((0, len(index)), dtype=np.float32)
 
     @staticmethod
