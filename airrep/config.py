@@ -133,10 +133,8 @@ class FinetuneConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     precision: Literal["bf16", "fp32", "fp16"] = "bf16"
     # ``auto``: eager attention on CPU (its backward is several times faster there than
-    # the fused CPU kernel's at fine-tuning lengths), the model's own choice on GPUs. Not the
-    # default: a clean-clone test run with ``auto`` segfaulted as two worker threads started
-    # their fine-tunes (deep copy and kernel switch at once); the cause is not found.
-    attention: Literal["auto", "eager", "sdpa"] = "sdpa"
+    # the fused CPU kernel's at fine-tuning lengths), the model's own choice on GPUs.
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
     seed: int = 0
 
 
