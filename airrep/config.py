@@ -203,10 +203,11 @@ class TrackingConfig(_Section):
 
 
 class OrchestrationConfig(_Section):
-    """How subset fine-tunes fan out: threads on this machine, or a Dask cluster."""
+    """How subset fine-tunes fan out: worker processes on this machine, or a Dask cluster
+    (see :mod:`flows.runners`)."""
 
     runner: Literal["local", "dask"] = "local"
-    max_workers: int | None = Field(None, gt=0)  # default: one per 2 CPU cores, at least 1
+    max_workers: int | None = Field(None, gt=0)  # default: one per CPU core, or 1 on a GPU
     dask_address: str | None = None  # e.g. tcp://scheduler:8786; None starts a local cluster
     task_retries: int = Field(3, ge=0)
     task_retry_delay_seconds: float = Field(5.0, ge=0)

@@ -20,8 +20,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -219,31 +218,6 @@ def use_attention(model: nn.Module, attention: str, device: torch.device) -> Non
         model.set_attn_implementation(wanted)
 
 
-_FIRST_FINETUNE_LOCK = threading.Lock()
-_thread_state = threading.local()
-
-
-@contextmanager
-def first_finetune_of_thread_alone() -> Iterator[None]:
-    """Run a thread's first fine-tune while no other thread runs its own first one.
-
-    Each of the three segfaults seen in test runs came at the first fine-tunes of a
-    process: one worker thread in its first bf16 (AMX) matmul while the other deep-copied
-    the model or began its own fine-tune. The native libraries set up process-wide and
-    per-thread state on first use (oneDNN's JIT kernels and AMX tile configuration, each
-    thread's OpenMP team); which of them races was not pinned down, and a stand-alone
-    reproduction did not crash. Keeping each worker thread's first fine-tune (copy,
-    training, scoring) apart from the others' closes that window for the cost of one
-    fine-tune of overlap per fan-out; later fine-tunes run fully in parallel.
-    """
-    if getattr(_thread_state, "warmed_up", False):
-        yield
-        return
-    with _FIRST_FINETUNE_LOCK:
-        yield
-    _thread_state.warmed_up = True
-
-
 def finetune_and_evaluate(
     base_model: nn.Module,
     tokenizer,
@@ -264,13 +238,12 @@ def finetune_and_evaluate(
     train_examples = tokenize_records(tokenizer, train_records, config.max_length)
     dev_examples = tokenize_records(tokenizer, dev_records, config.max_length)
     accelerator = make_accelerator(config.precision)
-    with first_finetune_of_thread_alone():
-        model = copy.deepcopy(base_model)
-        use_attention(model, config.attention, accelerator.device)
-        stats = train_lm(model, train_examples, pad_id, config, seed, accelerator)
-        start = time.perf_counter()
-        dev_losses = per_example_loss(model, dev_examples, pad_id, config.eval_batch_size, accelerator)
-        stats.eval_seconds = time.perf_counter() - start
+    model = copy.deepcopy(base_model)
+    use_attention(model, config.attention, accelerator.device)
+    stats = train_lm(model, train_examples, pad_id, config, seed, accelerator)
+    start = time.perf_counter()
+    dev_losses = per_example_loss(model, dev_examples, pad_id, config.eval_batch_size, accelerator)
+    stats.eval_seconds = time.perf_counter() - start
     if not np.all(np.isfinite(dev_losses)):
         raise DivergedError("a dev loss is NaN/inf after fine-tuning; these losses are not usable as labels: "
                             f"lower finetune.lr (now {config.lr}) or use finetune.precision: fp32")

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
-from airrep.config import OrchestrationConfig
-from flows.runners import torch_threads_per_worker
 from tasks.labels import finetune_subset, subset_jobs
 
 
@@ -34,19 +31,12 @@ def finetune_subsets(config: dict[str, Any], llm: dict[str, str], index_key: str
                                         timeout_seconds=orch["finetune_timeout_seconds"])
     progress_id = create_progress_artifact(progress=0.0, description=f"{description}: 0/{len(jobs)}")
     results: list[dict[str, Any] | None] = [None] * len(jobs)
-    # Local threads share this process's torch: split its cores among them for the fan-out only.
-    previous_threads = torch.get_num_threads()
-    if orch["runner"] == "local":
-        torch.set_num_threads(torch_threads_per_worker(OrchestrationConfig.model_validate(orch)))
-    try:
-        futures = {task.submit(config, llm, job["members"], job["eval_ids"], job["seed"], job["label"]): i
-                   for i, job in enumerate(jobs)}
-        for done, future in enumerate(as_completed(list(futures)), start=1):
-            results[futures[future]] = future.result()
-            update_progress_artifact(progress_id, progress=100.0 * done / len(jobs),
-                                     description=f"{description}: {done}/{len(jobs)}")
-    finally:
-        torch.set_num_threads(previous_threads)
+    futures = {task.submit(config, llm, job["members"], job["eval_ids"], job["seed"], job["label"]): i
+               for i, job in enumerate(jobs)}
+    for done, future in enumerate(as_completed(list(futures)), start=1):
+        results[futures[future]] = future.result()
+        update_progress_artifact(progress_id, progress=100.0 * done / len(jobs),
+                                 description=f"{description}: {done}/{len(jobs)}")
     skipped = sum(r["skipped"] for r in results)
     logger.info("%s: %d fine-tunes run, %d already published and skipped", description,
                 len(jobs) - skipped, skipped)

@@ -1,10 +1,16 @@
 """The fan-out task runner is configuration (``orchestration`` section), not code.
 
-- ``local``: a thread pool on this machine (one single-threaded worker per core on CPU,
-  one worker on a GPU); torch's intra-op threads are divided among the workers so they do
-  not oversubscribe the CPU.
-- ``dask``: ``prefect-dask``'s ``DaskTaskRunner``, on an existing cluster
-  (``dask_address``, e.g. one GPU per worker) or a local one started for the run.
+- ``local``: this machine. With one worker (the default on a GPU, or ``max_workers: 1``)
+  the fine-tunes run one after another in the flow's own process, with all of torch's
+  threads. With more (the default on CPU: one per core) they run in that many worker
+  processes of a local Dask cluster started for the fan-out, the cores divided among them.
+- ``dask``: ``prefect-dask``'s ``DaskTaskRunner`` on an existing cluster (``dask_address``,
+  e.g. one GPU per worker), or on a local one as above.
+
+Concurrent fine-tunes never share a process. Several torch threads training at once in one
+process ended in segfaults inside the native libraries (about one fan-out in a hundred in
+the test suite, never reproduced alone, so never fixed at the source); separate processes
+also keep the fine-tunes' Python work from contending for one GIL.
 """
 
 from __future__ import annotations
@@ -27,17 +33,31 @@ def default_workers() -> int:
 
 
 def task_runner(config: OrchestrationConfig):
-    if config.runner == "dask":
+    workers = config.max_workers or default_workers()
+    if config.runner == "dask" and config.dask_address:
         from prefect_dask import DaskTaskRunner
 
-        if config.dask_address:
-            return DaskTaskRunner(address=config.dask_address)
-        workers = config.max_workers or default_workers()
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
-                                              "processes": True})
-    return ThreadPoolTaskRunner(max_workers=config.max_workers or default_workers())
+        return DaskTaskRunner(address=config.dask_address)
+    if config.runner == "dask" or workers > 1:
+        from prefect_dask import DaskTaskRunner
+
+        threads = str(torch_threads_per_worker(config))
+        return DaskTaskRunner(cluster_kwargs={
+            "n_workers": workers, "threads_per_worker": 1, "processes": True,
+            # Dask starts workers with 1 OpenMP/MKL thread; give each its share of the cores.
+            "env": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **prefect_api_env()}})
+    return ThreadPoolTaskRunner(max_workers=1)
+
+
+def prefect_api_env() -> dict[str, str]:
+    """Where worker processes report their task runs: the API this flow talks to. Without
+    ``PREFECT_API_URL`` that is the run's temporary local server, and each worker would
+    otherwise start one of its own on the same database (which then locks)."""
+    from prefect.client.orchestration import get_client
+
+    return {"PREFECT_API_URL": str(get_client(sync_client=True).api_url).rstrip("/")}
 
 
 def torch_threads_per_worker(config: OrchestrationConfig) -> int:
-    """Intra-op threads for each concurrent fine-tune of the local runner."""
+    """Intra-op threads for each worker process of a local fan-out."""
     return max(1, (os.cpu_count() or 1) // (config.max_workers or default_workers()))

@@ -1,8 +1,6 @@
 import copy
 import gc
 import math
-import threading
-import time
 import weakref
 
 import numpy as np
@@ -18,7 +16,6 @@ from airrep.finetune import (
     FinetuneStats,
     collate,
     finetune_and_evaluate,
-    first_finetune_of_thread_alone,
     make_accelerator,
     per_example_loss,
     tokenize_records,
@@ -255,33 +252,3 @@ def test_a_finished_fine_tune_frees_its_model_without_garbage_collection(tiny_ra
         assert copies and all(ref() is None for ref in copies)
     finally:
         gc.enable()
-
-
-def test_only_the_first_fine_tune_of_each_thread_is_kept_apart():
-    start = threading.Barrier(2)
-    inside: list[str] = []
-    most_inside_at_first = []
-    both_inside_later = threading.Barrier(2, timeout=10)
-    guard = threading.Lock()
-
-    def worker(name: str) -> None:
-        start.wait()
-        with first_finetune_of_thread_alone():
-            with guard:
-                inside.append(name)
-                most_inside_at_first.append(len(inside))
-            time.sleep(0.1)
-            with guard:
-                inside.remove(name)
-        start.wait()
-        with first_finetune_of_thread_alone():
-            both_inside_later.wait()  # raises BrokenBarrierError if the second ones were serialised too
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in "ab"]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert not any(t.is_alive() for t in threads)
-    assert most_inside_at_first == [1, 1]
-    assert not both_inside_later.broken

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from flows.label_generation import label_generation
 from infra.storage import MARKER_SUFFIX
@@ -36,7 +37,8 @@ def _start_labels_run(overrides: list[str], log_path: Path, prefect_home: Path |
     command = [sys.executable, "-m", "flows.cli", "labels", "-c", "configs/tiny.yaml"]
     for override in overrides:
         command += ["--set", override]
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    # The same torch threads as this process (see conftest), so its fine-tunes sum in the same order.
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     if prefect_home is not None:
         env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(prefect_home)}
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,

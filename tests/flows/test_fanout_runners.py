@@ -1,23 +1,42 @@
-"""The fan-out runner is configuration: a Dask cluster of worker processes produces the same
-labels as the local thread pool."""
+"""The fan-out runner is configuration: on CPU, several local workers are separate
+processes (a local Dask cluster), one worker runs in the flow's process, and both produce
+the same labels."""
 
 from __future__ import annotations
 
 import numpy as np
+from prefect.settings import PREFECT_API_URL
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
 
+from airrep.config import OrchestrationConfig
 from airrep.labels import normalize
 from flows.label_generation import label_generation
+from flows.runners import task_runner
 
 
-def test_dask_runner_matches_thread_runner(micro_overrides, tmp_path, published_labels):
-    threads = label_generation("configs/tiny.yaml", micro_overrides)
-    dask_overrides = micro_overrides + [f"storage.uri={tmp_path / 'dask-artifacts'}", "orchestration.runner=dask",
-                                        "orchestration.max_workers=2"]
-    on_dask = label_generation("configs/tiny.yaml", dask_overrides)
-    assert on_dask["computed"] == 8 and on_dask["skipped"] == 0  # a separate store: all ran on Dask
-    # Same subsets, seeds and settings; only the threads per process differ, which moves bf16
-    # sums by a few 1e-3 nats, an order below the spread between subsets that labels encode.
-    for a, b in zip(published_labels(threads, micro_overrides), published_labels(on_dask, dask_overrides),
+def test_one_local_worker_runs_in_process_and_more_are_processes(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    one = task_runner(OrchestrationConfig(max_workers=1))
+    assert isinstance(one, ThreadPoolTaskRunner) and one._max_workers == 1
+    four = task_runner(OrchestrationConfig(max_workers=4))
+    assert isinstance(four, DaskTaskRunner)
+    kwargs = four.cluster_kwargs
+    assert (kwargs["n_workers"], kwargs["threads_per_worker"], kwargs["processes"]) == (4, 1, True)
+    assert kwargs["env"]["OMP_NUM_THREADS"] == kwargs["env"]["MKL_NUM_THREADS"] == "2"  # 8 cores / 4 workers
+    assert kwargs["env"]["PREFECT_API_URL"] == PREFECT_API_URL.value().rstrip("/")  # this test's API, not their own
+    remote = task_runner(OrchestrationConfig(runner="dask", dask_address="tcp://scheduler:8786", max_workers=1))
+    assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://scheduler:8786"
+
+
+def test_worker_processes_match_the_in_process_worker(micro_overrides, tmp_path, published_labels):
+    in_process = label_generation("configs/tiny.yaml", micro_overrides)  # MICRO: max_workers=1
+    processes = micro_overrides + [f"storage.uri={tmp_path / 'process-artifacts'}", "orchestration.max_workers=2"]
+    on_processes = label_generation("configs/tiny.yaml", processes)
+    assert on_processes["computed"] == 8 and on_processes["skipped"] == 0  # a separate store: all ran again
+    # Same subsets, seeds and settings; only the torch threads per process differ, which moves
+    # bf16 sums by a few 1e-3 nats, an order below the spread between subsets that labels encode.
+    for a, b in zip(published_labels(in_process, micro_overrides), published_labels(on_processes, processes),
                     strict=True):
         np.testing.assert_allclose(a, b, atol=1e-2)
         assert np.corrcoef(normalize(a).ravel(), normalize(b).ravel())[0, 1] > 0.9
