@@ -8,8 +8,8 @@ threads loading at once can restore in the wrong order and leave ``tie_weights``
 the rest of the process. Every tied model built afterwards (a Llama with
 ``tie_word_embeddings``) then keeps an untied ``lm_head`` that loads as a meta tensor.
 
-The pipeline loads models from threads (a fan-out's fine-tunes on a thread pool, two
-promotions that each load the champion), so every construction and ``from_pretrained`` in
+The pipeline loads models from threads (two promotions that each load the champion, a
+Dask worker with several threads), so every construction and ``from_pretrained`` in
 airrep holds :data:`TRANSFORMERS_LOCK`. It is re-entrant because a load may construct.
 """
 

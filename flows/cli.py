@@ -201,7 +201,8 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not verbose:
-        for noisy in ("httpx", "httpcore", "botocore", "urllib3", "alembic"):
+        # (``distributed``: a local fan-out's worker processes start and stop once per stage.)
+        for noisy in ("httpx", "httpcore", "botocore", "urllib3", "alembic", "distributed"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
