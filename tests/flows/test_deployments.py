@@ -99,11 +99,18 @@ def test_deploy_schedule_trigger_and_worker_run(prefect_server, micro, tmp_path)
     automations = _api(api, "/automations/filter", {})
     assert any("airrep.base-llm.changed" in json.dumps(a["trigger"]) for a in automations)
 
+    # Pause the schedules (which deletes their scheduled runs) before a worker starts: a cron
+    # run falling due now (the pipeline's is Mondays 03:00 UTC) would be picked up instead.
+    for deployment in deployments.values():
+        _api(api, f"/deployments/{deployment['id']}/pause_deployment", {})
+
     # A process worker runs the pipeline deployment once (micro settings, local storage).
     overrides = micro + [f"work_dir={tmp_path / 'work'}", f"storage.uri={tmp_path / 'artifacts'}"]
     params = json.dumps({"config_path": "configs/tiny.yaml", "overrides": overrides})
     out = _run([PREFECT, "deployment", "run", "pipeline/pipeline", "--params", params], env)
     run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
+    waiting = _api(api, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+    assert [r["id"] for r in waiting] == [run_id], "only the run started here is waiting for the worker"
     worker_out = _run([PREFECT, "worker", "start", "--pool", "gpu", "--run-once", "--type", "process"], env,
                       timeout=900)
     state = _api(api, f"/flow_runs/{run_id}")["state"]
