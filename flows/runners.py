@@ -7,10 +7,10 @@
 - ``dask``: ``prefect-dask``'s ``DaskTaskRunner`` on an existing cluster (``dask_address``,
   e.g. one GPU per worker), or on a local one as above.
 
-Concurrent fine-tunes never share a process. Several torch threads training at once in one
-process ended in segfaults inside the native libraries (about one fan-out in a hundred in
-the test suite, never reproduced alone, so never fixed at the source); separate processes
-also keep the fine-tunes' Python work from contending for one GIL.
+Concurrent fine-tunes never share a process. Torch threads training side by side in one
+process ended in segfaults inside the native libraries (four test-suite runs; never
+reproduced alone, so never fixed at the source); separate processes also keep the
+fine-tunes' Python work from contending for one GIL.
 """
 
 from __future__ import annotations
@@ -34,19 +34,17 @@ def default_workers() -> int:
 
 def task_runner(config: OrchestrationConfig):
     workers = config.max_workers or default_workers()
+    if config.runner == "local" and workers == 1:
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_dask import DaskTaskRunner
+
     if config.runner == "dask" and config.dask_address:
-        from prefect_dask import DaskTaskRunner
-
         return DaskTaskRunner(address=config.dask_address)
-    if config.runner == "dask" or workers > 1:
-        from prefect_dask import DaskTaskRunner
-
-        threads = str(torch_threads_per_worker(config))
-        return DaskTaskRunner(cluster_kwargs={
-            "n_workers": workers, "threads_per_worker": 1, "processes": True,
-            # Dask starts workers with 1 OpenMP/MKL thread; give each its share of the cores.
-            "env": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **prefect_api_env()}})
-    return ThreadPoolTaskRunner(max_workers=1)
+    threads = str(torch_threads_per_worker(workers))
+    return DaskTaskRunner(cluster_kwargs={
+        "n_workers": workers, "threads_per_worker": 1, "processes": True,
+        # Dask starts workers with 1 OpenMP/MKL thread; give each its share of the cores.
+        "env": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **prefect_api_env()}})
 
 
 def prefect_api_env() -> dict[str, str]:
@@ -58,6 +56,6 @@ def prefect_api_env() -> dict[str, str]:
     return {"PREFECT_API_URL": str(get_client(sync_client=True).api_url).rstrip("/")}
 
 
-def torch_threads_per_worker(config: OrchestrationConfig) -> int:
-    """Intra-op threads for each worker process of a local fan-out."""
-    return max(1, (os.cpu_count() or 1) // (config.max_workers or default_workers()))
+def torch_threads_per_worker(workers: int) -> int:
+    """Intra-op threads for each of ``workers`` worker processes sharing this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // workers)
