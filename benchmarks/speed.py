@@ -135,16 +135,17 @@ def bench_topk(n_corpus: int = 1_000_000, n_query: int = 256, k: int = 10) -> di
 _label_worker: dict = {}
 
 
-def _start_label_worker(model_dir: str, base_llm, threads: int) -> None:
+def _start_label_worker(model_dir: str, base_llm, threads: int, all_started) -> None:
     """Worker-process setup, as a fan-out worker has it: its share of the cores, the base LLM loaded once."""
     from airrep.llm import load_base_llm
 
     torch.set_num_threads(threads)
     _label_worker["model"], _label_worker["tokenizer"] = load_base_llm(model_dir, base_llm)
+    _label_worker["all_started"] = all_started
 
 
 def _label_worker_ready(_: int) -> int:
-    time.sleep(0.5)  # long enough that every worker takes one of these, proving it has started
+    _label_worker["all_started"].wait()  # returns once every worker holds one of these calls
     return os.getpid()
 
 
@@ -167,7 +168,7 @@ def bench_label_generation(n_subsets: int = 8, subset_size: int = 100, n_dev: in
     from airrep.data import load_records
     from airrep.finetune import collate, tokenize_records
     from airrep.llm import build_tiny_lm, load_base_llm
-    from flows.runners import default_workers
+    from flows.runners import default_workers, torch_threads_per_worker
 
     records, _ = load_records(DataConfig())
     base = BaseLLMConfig(tiny=TinyLMConfig(epochs=1))
@@ -201,11 +202,12 @@ def bench_label_generation(n_subsets: int = 8, subset_size: int = 100, n_dev: in
 
     _, plain_s = timed(lambda: [plain(s) for s in subsets])
     workers = int(os.environ.get("AIRREP_BENCH_WORKERS", 0)) or default_workers()
-    threads = max(1, (os.cpu_count() or 1) // workers)  # as flows.runners divides the cores
+    threads = torch_threads_per_worker(workers)
+    spawn = multiprocessing.get_context("spawn")
     start = time.perf_counter()
     with concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_label_worker, initargs=(model_dir, base, threads)) as workers_pool:
+            max_workers=workers, mp_context=spawn, initializer=_start_label_worker,
+            initargs=(model_dir, base, threads, spawn.Barrier(workers, timeout=600))) as workers_pool:
         pids = set(workers_pool.map(_label_worker_ready, range(workers)))
         start_s = time.perf_counter() - start
         _, fast_s = timed(lambda: [job.result() for job in [
