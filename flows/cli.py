@@ -197,12 +197,16 @@ COMMANDS = {"run": cmd_run, "labels": cmd_labels, "train": cmd_train, "evaluate"
             "attribute": cmd_attribute, "watch": cmd_watch}
 
 
+# Kept at WARNING unless `-v`. ``distributed``: a local fan-out's worker processes start and
+# stop once per stage.
+NOISY_LOGGERS = ("httpx", "httpcore", "botocore", "urllib3", "alembic", "distributed")
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not verbose:
-        # (``distributed``: a local fan-out's worker processes start and stop once per stage.)
-        for noisy in ("httpx", "httpcore", "botocore", "urllib3", "alembic", "distributed"):
+        for noisy in NOISY_LOGGERS:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -40,6 +40,7 @@ from airrep.config import BaseLLMConfig, load_config
 from airrep.llm import BaseLLMError, fingerprint, load_base_llm
 from airrep.model import AirRep, AirRepConfig, AirRepModel, resolve_encoder
 from airrep.sampling import SubsetIndex
+from flows.cli import NOISY_LOGGERS
 from flows.label_generation import label_generation
 from flows.pipeline import pipeline
 from infra import tracking
@@ -472,7 +473,7 @@ def test_credentials_never_leave_the_environment(micro_overrides, tmp_path, monk
     in_use = boto3.session.Session().get_credentials()
     assert (in_use.access_key, in_use.secret_key, in_use.token) == tuple(credentials.values()), "S3 calls use them"
     caplog.set_level(logging.DEBUG)
-    for quieted in ("httpx", "httpcore", "botocore", "urllib3", "alembic"):  # as `airrep -v` has them
+    for quieted in NOISY_LOGGERS:  # at DEBUG, as `airrep -v` has them
         caplog.set_level(logging.DEBUG, logger=quieted)  # (an earlier CLI test may have quieted them)
     started = datetime.now(UTC)
 
