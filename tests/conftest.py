@@ -206,7 +206,7 @@ MICRO = [
     "train.steps=3", "train.eval_every=3", "train.reference_size=8", "train.topk=4", "train.max_tokens=64",
     "evaluate.methods=[airrep,airrep-sum,encoder,encoder-sum,tfidf,tfidf-sum,logra]",
     "evaluate.gradient_proj_dim={logra: 64}", "orchestration.task_retry_delay_seconds=0",
-    "orchestration.max_workers=1",  # in-process: no cluster start per fan-out (test_fanout_runners has many)
+    "orchestration.max_workers=1",  # in-process, no worker start per fan-out (test_fanout_runners runs several)
 ]
 
 
