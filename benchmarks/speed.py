@@ -59,21 +59,22 @@ def bench_encode(n_texts: int = 2000) -> dict:
     ours = AirRep.from_encoder("minilm")
     ours.model.config.max_tokens = 256  # sentence-transformers' max_seq_length for this model
     reference = SentenceTransformer(resolve_encoder("minilm"), device="cpu")
-    ours.encode(texts[:64])  # warm-up both: first calls pay one-off allocation costs
-    reference.encode(texts[:64], batch_size=64)
-    _, ours_s = timed(ours.encode, texts, batch_size=64)
-    _, ref_s = timed(reference.encode, texts, batch_size=64)
+    batch = 32  # both libraries' default
+    ours.encode(texts[:64], batch_size=batch)  # warm-up both: first calls pay one-off allocation costs
+    reference.encode(texts[:64], batch_size=batch)
+    _, ours_s = timed(ours.encode, texts, batch_size=batch)
+    _, ref_s = timed(reference.encode, texts, batch_size=batch)
     compiled = AirRep(ours.model, ours.tokenizer, compile=True)
     # Compiling traces a few shapes: the longest and a short batch cover the dynamic sizes.
-    _, compile_s = timed(compiled.encode, sorted(texts, key=len)[-64:] + texts[:64], batch_size=64)
-    _, compiled_s = timed(compiled.encode, texts, batch_size=64)
+    _, compile_s = timed(compiled.encode, sorted(texts, key=len)[-batch:] + texts[:batch], batch_size=batch)
+    _, compiled_s = timed(compiled.encode, texts, batch_size=batch)
     lengths = ours.tokenizer(texts, truncation=True, max_length=256)["input_ids"]
     return {"encode_texts_per_s": n_texts / ours_s, "sentence_transformers_texts_per_s": n_texts / ref_s,
             "encode_speedup_vs_sentence_transformers": ref_s / ours_s, "airrep_seconds": ours_s,
             "sentence_transformers_seconds": ref_s, "encode_compiled_texts_per_s": n_texts / compiled_s,
             "encode_compiled_speedup_vs_sentence_transformers": ref_s / compiled_s,
             "compiled_seconds": compiled_s, "compile_warmup_seconds": compile_s, "n_texts": n_texts,
-            "mean_tokens": float(np.mean([len(x) for x in lengths]))}
+            "batch_size": batch, "mean_tokens": float(np.mean([len(x) for x in lengths]))}
 
 
 def slow_group_lds(query: np.ndarray, pool: np.ndarray, subsets: np.ndarray, losses: np.ndarray) -> float:

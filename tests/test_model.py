@@ -88,13 +88,22 @@ def test_bf16_copy_follows_in_place_weight_updates(tiny_airrep):
 
 
 def test_compiled_encode_matches_eager(tiny_airrep):
-    """``compile=True`` (torch.compile, dynamic shapes) gives the eager model's embeddings for
-    batches of several lengths and sizes."""
+    """``compile=True`` (torch.compile, dynamic shapes, frozen weights) gives the eager model's
+    embeddings for batches of several lengths and sizes, and still does after an in-place
+    weight update: the frozen graph must not keep the old weights."""
     compiled = AirRep(tiny_airrep.model, tiny_airrep.tokenizer, precision="fp32", compile=True)
     texts = TEXTS * 2 + ["one more text of yet another length, to change the padded width"]
     for batch_size in (3, 5):
         np.testing.assert_allclose(compiled.encode(texts, batch_size=batch_size),
                                    tiny_airrep.encode(texts, batch_size=batch_size), rtol=1e-4, atol=1e-5)
+    try:
+        with torch.no_grad():
+            tiny_airrep.model.projection.weight.mul_(2)
+        np.testing.assert_allclose(compiled.encode(texts, batch_size=3),
+                                   tiny_airrep.encode(texts, batch_size=3), rtol=1e-4, atol=1e-5)
+    finally:
+        with torch.no_grad():
+            tiny_airrep.model.projection.weight.div_(2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
