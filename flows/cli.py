@@ -218,12 +218,22 @@ def _exit_on_sigterm(signum: int, _frame) -> None:
     raise SystemExit(128 + signum)
 
 
+def ensure_prefect_home() -> None:
+    """Create ``PREFECT_HOME`` (with its parents) before Prefect first reads it.
+
+    Prefect creates only the last folder of its home, so on a fresh clone, where ``make``
+    points it at ``.work/prefect`` and ``.work`` does not exist yet, its temporary API
+    server cannot open its database and start-up times out after two minutes.
+    """
+    if os.environ.get("PREFECT_HOME"):
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    if os.environ.get("PREFECT_HOME"):  # Prefect's local API cannot create its database's folder
-        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    ensure_prefect_home()
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, CorpusError, SamplingError) as exc:  # bad input: the message says what to fix

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from benchmarks.quality import PAPER, main
+from flows.cli import ensure_prefect_home
 
 
 def _table(lds_by_method: dict[str, float], ceiling: float) -> dict:
@@ -38,3 +39,12 @@ def test_report_only_renders_every_measured_figure(tmp_path):
     for name in ("quality-lds.png", "quality-training.png", "quality-classification.png"):
         assert (tmp_path / name).stat().st_size > 1000
     assert json.loads((tmp_path / "quality.json").read_text())["paper"] == PAPER
+
+
+def test_prefect_home_is_created_with_its_parents(tmp_path, monkeypatch):
+    """On a fresh clone ``make bench`` points PREFECT_HOME at ``.work/prefect`` before ``.work``
+    exists; Prefect itself creates only the last folder, and its server then cannot start."""
+    home = tmp_path / "clone" / ".work" / "prefect"
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    ensure_prefect_home()
+    assert home.is_dir()

@@ -99,7 +99,8 @@ def test_sigterm_stops_soon_with_a_failing_exit_code_and_keeps_finished_work(mic
     overrides = micro_overrides + [f"sampling.n_subsets={N_SUBSETS}"]
     total = 2 * N_SUBSETS
     log_path = tmp_path / "terminated-run.log"
-    process = _start_labels_run(overrides, log_path, prefect_home=tmp_path / "prefect-home")
+    # A home whose parent is missing too, as ``.work/prefect`` is on a fresh clone.
+    process = _start_labels_run(overrides, log_path, prefect_home=tmp_path / "fresh-clone" / ".work" / "prefect")
     _wait_until_published(process, 2, s3_env, raw_bucket, log_path)
     process.send_signal(signal.SIGTERM)
     sent = time.monotonic()
