@@ -213,7 +213,7 @@ class AirRep:
                  precision: Literal["bf16", "fp32"] = "bf16", compile: bool = False) -> None:
         """``compile=True`` runs encoding through ``torch.compile`` (dynamic shapes, weights
         frozen into the graph so that inductor pre-packs them for oneDNN and can fuse bias and
-        GELU into the matrix products): about 30% more texts/s on CPU after a one-off compile
+        GELU into the matrix products): 14-40% more texts/s on 2 CPU cores after a one-off compile
         of tens of seconds, so worth it for indexing a corpus, not for a few queries; it needs
         a C++ compiler on the machine."""
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -254,9 +254,9 @@ class AirRep:
         Batches are formed from length-sorted texts (less padding) under ``inference_mode``;
         on CPUs with AMX and on GPUs bf16 is several times faster than fp32 and changes cosine
         similarity by < 1e-3 (checked in tests). The default batch of 32 measured about 10%
-        more texts/s than 64 or 16 on 2 CPU cores: a batch's activations stay closer to the
-        cores' caches, and the normalisation, GELU and softmax passes are bound by memory
-        bandwidth there. On a GPU, larger batches pay off.
+        more texts/s than 64 or 16 on 2 CPU cores, probably because the normalisation, GELU
+        and softmax passes are bound by memory bandwidth there and a smaller batch's
+        activations stay nearer the caches. On a GPU, larger batches pay off.
         """
         texts = [format_record(t) if isinstance(t, Record) else t for t in texts]
         if not texts:
