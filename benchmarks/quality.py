@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.speed import machine
-from flows.cli import NOISY_LOGGERS, ensure_prefect_home
+from flows.cli import ensure_prefect_home, quiet_noisy_loggers
 
 log = logging.getLogger("benchmarks.quality")
 
@@ -303,8 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--markdown", default=str(ROOT / "RESULTS.md"), help="report file (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in NOISY_LOGGERS:  # the same quiet HTTP and Dask connection chatter as the CLI
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_noisy_loggers()  # as the CLI does
     ensure_prefect_home()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -202,12 +202,23 @@ COMMANDS = {"run": cmd_run, "labels": cmd_labels, "train": cmd_train, "evaluate"
 NOISY_LOGGERS = ("httpx", "httpcore", "botocore", "urllib3", "alembic", "distributed")
 
 
+def quiet_noisy_loggers() -> None:
+    """Keep HTTP and Dask connection chatter out of the run log (warnings still show).
+
+    ``distributed`` sets its own loggers from dask's config when it is first imported, which
+    would undo a level set here; its config key, read from the environment, keeps them at
+    WARNING, in the local cluster's worker processes too (they inherit the environment).
+    """
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("DASK_DISTRIBUTED__LOGGING__DISTRIBUTED", "warning")
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not verbose:
-        for noisy in NOISY_LOGGERS:
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+        quiet_noisy_loggers()
 
 
 def _exit_on_sigterm(signum: int, _frame) -> None:
