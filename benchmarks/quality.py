@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.speed import machine
-from flows.cli import ensure_prefect_home, quiet_noisy_loggers
+from flows.cli import ensure_prefect_home, setup_logging
 
 log = logging.getLogger("benchmarks.quality")
 
@@ -302,8 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="re-draw the plots and RESULTS.md from OUT/quality.json without running anything")
     parser.add_argument("--markdown", default=str(ROOT / "RESULTS.md"), help="report file (default: %(default)s)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    quiet_noisy_loggers()  # as the CLI does
+    setup_logging(verbose=False)  # the CLI's format and quieted loggers
     ensure_prefect_home()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
