@@ -132,9 +132,10 @@ class FinetuneConfig(_Section):
     max_length: int = Field(160, ge=8)
     weight_decay: float = Field(0.0, ge=0)
     precision: Literal["bf16", "fp32", "fp16"] = "bf16"
-    # ``auto``: eager attention on CPU (its backward is several times faster there than
-    # the fused CPU kernel's at fine-tuning lengths), the model's own choice on GPUs.
-    attention: Literal["auto", "eager", "sdpa"] = "auto"
+    # ``auto``: eager attention with bf16 scores on CPU (``eager_autocast``, see
+    # airrep/attention.py; its backward is several times faster there than the fused CPU
+    # kernel's at fine-tuning lengths), the model's own choice on GPUs.
+    attention: Literal["auto", "eager", "eager_autocast", "sdpa"] = "auto"
     seed: int = 0
 
 

@@ -213,8 +213,8 @@ def test_nan_dev_losses_raise_diverged(tiny_random_lm, train_records, dev_record
 
 
 @pytest.mark.parametrize(("setting", "device", "expected"),
-                         [("auto", "cpu", "eager"), ("auto", "cuda", "sdpa"), ("sdpa", "cpu", "sdpa"),
-                          ("eager", "cuda", "eager")])
+                         [("auto", "cpu", "eager_autocast"), ("auto", "cuda", "sdpa"), ("sdpa", "cpu", "sdpa"),
+                          ("eager", "cuda", "eager"), ("eager", "cpu", "eager")])
 def test_attention_setting_picks_the_kernel(tiny_random_lm, setting, device, expected):
     model = copy.deepcopy(tiny_random_lm.model)
     model.set_attn_implementation("sdpa")
