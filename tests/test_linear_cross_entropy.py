@@ -5,10 +5,14 @@ from airrep import linear_cross_entropy as lce
 from airrep.linear_cross_entropy import linear_cross_entropy
 
 
-@pytest.fixture
-def small_chunks(monkeypatch):
-    """64-row chunks, so 300 rows cross four chunk boundaries and end in a partial chunk."""
+@pytest.fixture(params=["one chunk per group", "two chunks per group", "one group"])
+def small_chunks(monkeypatch, request):
+    """64-row chunks, so 300 rows cross four chunk boundaries and end in a partial chunk;
+    the backward's gradient matmuls run per chunk, per two chunks (the last group partial)
+    or once for all rows."""
     monkeypatch.setattr(lce, "_CPU_CHUNK_ELEMENTS", 1)
+    group_elements = {"one chunk per group": 1, "two chunks per group": 97 * 128, "one group": 1 << 25}
+    monkeypatch.setattr(lce, "_CPU_GROUP_ELEMENTS", group_elements[request.param])
 
 
 def inputs(n: int = 300, d: int = 24, vocab: int = 97, seed: int = 0):
@@ -48,7 +52,7 @@ def test_bf16_autocast_matches_cross_entropy_on_the_same_logits(small_chunks):
         want = losses_and_grads(reference, *args)
     assert got[0].dtype == torch.float32
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
-    # The reference rounds its whole weight gradient to bf16 once; the chunks add in fp32.
+    # The reference rounds its whole weight gradient to bf16 once; the groups' add in fp32.
     for a, b in zip(got[1:], want[1:], strict=True):
         assert a.dtype == b.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
