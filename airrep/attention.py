@@ -19,16 +19,9 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.models.llama.modeling_llama import repeat_kv
 
 ATTENTION_NAME = "eager_autocast"
-
-
-def _repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
-    """Grouped-query key/value heads repeated to the query heads' count."""
-    if groups == 1:
-        return states
-    batch, heads, length, dim = states.shape
-    return states[:, :, None].expand(batch, heads, groups, length, dim).reshape(batch, heads * groups, length, dim)
 
 
 def eager_autocast_attention(
@@ -50,8 +43,8 @@ def eager_autocast_attention(
     groups = getattr(module, "num_key_value_groups", 1)
     with torch.autocast(device, enabled=False):
         query = query.to(dtype)
-        key = _repeat_kv(key, groups).to(dtype)
-        value = _repeat_kv(value, groups).to(dtype)
+        key = repeat_kv(key, groups).to(dtype)
+        value = repeat_kv(value, groups).to(dtype)
         scores = torch.matmul(query, key.transpose(2, 3)) * scaling
         if attention_mask is not None:
             scores = scores + attention_mask.to(dtype)
