@@ -9,8 +9,8 @@ This is the product's hot path: label generation runs it once per subset (the pa
   (:mod:`airrep.linear_cross_entropy`);
 - per-example losses come from one scatter-add over those positions.
 
-Mixed precision and devices go through ``accelerate`` (bf16 autocast uses AMX on CPUs
-that have it, and tensor cores on GPUs).
+Mixed precision and devices go through ``accelerate`` (bf16 autocast uses AMX or
+AVX512-BF16 on CPUs that have them, and tensor cores on GPUs).
 """
 
 from __future__ import annotations

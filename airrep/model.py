@@ -252,8 +252,8 @@ class AirRep:
         """Embeddings ``(n, dim)`` float32, in input order.
 
         Batches are formed from length-sorted texts (less padding) under ``inference_mode``;
-        on CPUs with AMX and on GPUs bf16 is several times faster than fp32 and changes cosine
-        similarity by < 1e-3 (checked in tests). The default batch of 32 measured about 10%
+        on CPUs with AMX or AVX512-BF16 and on GPUs bf16 is several times faster than fp32
+        and changes cosine similarity by < 1e-3 (checked in tests). The default batch of 32 measured about 10%
         more texts/s than 64 or 16 on 2 CPU cores, probably because the normalisation, GELU
         and softmax passes are bound by memory bandwidth there and a smaller batch's
         activations stay nearer the caches. On a GPU, larger batches pay off.
@@ -278,7 +278,7 @@ class AirRep:
 
         Whole-model bf16 rather than autocast: autocast re-casts every weight on every call
         and runs layer norms and GELU in fp32 with conversions around them; the bf16 copy is
-        about 15% faster on AMX and stays within the same < 1e-3 of fp32's cosine similarity
+        about 15% faster on CPU and stays within the same < 1e-3 of fp32's cosine similarity
         (tests/test_model.py). The copy (and its compiled form) is kept while ``self.model``'s
         parameters are unchanged: an in-place update (an optimizer step, ``load_state_dict``)
         bumps a tensor's version counter, which the cache key holds.
