@@ -81,21 +81,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden_c, dtype=hidden_dtype) if need_hidden else None
         grad_weight = torch.zeros_like(weight_c, dtype=torch.float32) if need_weight else None
         rows = _chunk_rows(vocab, hidden_c.device)
-        group = n if probs is not None else _group_rows(vocab, rows, hidden_c.device)
+        group = _group_rows(vocab, rows, hidden_c.device)  # one group when the forward kept them
         for start in range(0, n, group):
             stop = min(start + group, n)
-            if probs is None:  # not kept by the forward: recompute this group's, chunk by chunk
+            if probs is not None:
+                softmax = probs[start:stop]
+            else:  # not kept by the forward: recompute this group's, chunk by chunk
                 softmax = torch.empty(stop - start, vocab, dtype=weight_c.dtype, device=weight_c.device)
                 for first in range(start, stop, rows):
                     end = min(first + rows, stop)
                     softmax[first - start : end - start] = _softmax(hidden_c[first:end], weight_c)[1]
-            else:
-                softmax = probs
             upstream = grad_losses[start:stop, None].float()
             chosen = targets[start:stop]
             if need_hidden:
-                grad = (softmax @ weight_c).float().sub_(weight_c[chosen].float()).mul_(upstream)
-                grad_hidden[start:stop] = grad
+                grad_hidden[start:stop] = (softmax @ weight_c).float().sub_(weight_c[chosen].float()).mul_(upstream)
             if need_weight:
                 scaled = hidden_c[start:stop].float() * upstream  # not in place: may be ``hidden`` itself
                 grad_weight += (softmax.T @ scaled.to(weight_c.dtype)).float()

@@ -253,10 +253,10 @@ class AirRep:
 
         Batches are formed from length-sorted texts (less padding) under ``inference_mode``;
         on CPUs with AMX or AVX512-BF16 and on GPUs bf16 is several times faster than fp32
-        and changes cosine similarity by < 1e-3 (checked in tests). The default batch of 32 measured about 10%
-        more texts/s than 64 or 16 on 2 CPU cores, probably because the normalisation, GELU
-        and softmax passes are bound by memory bandwidth there and a smaller batch's
-        activations stay nearer the caches. On a GPU, larger batches pay off.
+        and changes cosine similarity by < 1e-3 (checked in tests). The default batch of 32
+        measured about 10% more texts/s than 64 or 16 on 2 CPU cores, probably because the
+        normalisation, GELU and softmax passes are bound by memory bandwidth there and a
+        smaller batch's activations stay nearer the caches. On a GPU, larger batches pay off.
         """
         texts = [format_record(t) if isinstance(t, Record) else t for t in texts]
         if not texts:
