@@ -55,6 +55,17 @@ ROOT = Path(__file__).resolve().parent
 PROBE_FOLDS = 5
 
 
+def describe_machine(info: dict) -> str:
+    """'2 CPU cores (AMD EPYC, AVX512; torch sees avx512_bf16, ...; not amx_tile, ...)'."""
+    flags = info.get("cpu_flags", {})
+    seen = ", ".join(name for name, on in flags.items() if on)
+    missing = ", ".join(name for name, on in flags.items() if not on)
+    details = [part for part in (info.get("processor"), info["cpu_capability"]) if part]
+    if flags:
+        details[-1] += f"; torch sees {seen or 'none of its checked sets'}" + (f"; not {missing}" if missing else "")
+    return f"{info['cores']} CPU cores ({', '.join(details)})"
+
+
 def run_dataset(config_path: str, dataset: str, extra: list[str]) -> dict[str, Any]:
     """The whole pipeline on one dataset; returns its LDS table, training curve and timings."""
     from flows.pipeline import pipeline
@@ -200,7 +211,7 @@ def results_markdown(results: dict[str, Any], config_path: str, extra: list[str]
         "",
         "## Setting",
         "",
-        f"- Machine: {results['machine']['cores']} CPU cores ({results['machine']['cpu_capability']}), "
+        f"- Machine: {describe_machine(results['machine'])}, "
         f"torch {results['machine']['torch']}; the runs behind these figures took "
         f"{(results['seconds'] + results.get('previous_seconds', 0)) / 60:.0f} min together (per dataset below: "
         "what each computed and what it reused from an earlier run).",

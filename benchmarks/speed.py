@@ -27,10 +27,29 @@ from scipy.stats import spearmanr
 log = logging.getLogger("benchmarks.speed")
 
 
+def cpu_model() -> str:
+    """The CPU's model name: ``platform.processor()`` is empty on Linux, so /proc/cpuinfo first."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cpu_flags() -> dict[str, bool]:
+    """The instruction sets torch's CPU kernels check for (``torch.cpu._is_<set>_supported``):
+    whether bf16 matmuls can use AMX tiles or AVX512-BF16 explains most of a bf16 figure."""
+    return {name.removeprefix("_is_").removesuffix("_supported"): bool(getattr(torch.cpu, name)())
+            for name in sorted(dir(torch.cpu)) if name.startswith("_is_") and name.endswith("_supported")}
+
+
 def machine() -> dict:
     return {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "processor": platform.processor(),
-            "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_flags": cpu_flags(),
+            "processor": cpu_model(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def timed(fn: Callable, *args, **kwargs) -> tuple[object, float]:

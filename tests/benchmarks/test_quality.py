@@ -20,7 +20,8 @@ def test_report_only_renders_every_measured_figure(tmp_path):
     dataset = {"seconds": 600.0, "finetunes_computed": 224, "finetunes_skipped": 0, "curve": curve}
     results = {
         "config": "configs/bench.yaml", "overrides": [], "seconds": 1234.0,
-        "machine": {"cores": 2, "cpu_capability": "AVX512", "torch": "2.13.0"},
+        "machine": {"cores": 2, "cpu_capability": "AVX512", "processor": "AMD EPYC", "torch": "2.13.0",
+                    "cpu_flags": {"amx_tile": False, "avx512": True, "avx512_bf16": True}},
         "datasets": {
             "sharegpt": {**dataset, "table": _table({"airrep": 0.1234, "tfidf": 0.2, "logra-sum": float("nan")}, 0.8)},
             "natural_instructions": {**dataset, "table": _table({"airrep": 0.3012, "encoder": 0.25}, 0.9)},
@@ -35,6 +36,7 @@ def test_report_only_renders_every_measured_figure(tmp_path):
     assert "| airrep | 12.34 | 30.12 | 384 | 15.14 | 21.11 | 26.23 |" in report
     assert "| logra-sum | - | - |" in report  # NaN is shown as missing, not as a number
     assert "| *noise ceiling* | 80.00 | 90.00 |" in report
+    assert "2 CPU cores (AMD EPYC, AVX512; torch sees avx512, avx512_bf16; not amx_tile)" in report
     assert "| airrep | 384 | 87.5 | 86.41 |" in report
     for name in ("quality-lds.png", "quality-training.png", "quality-classification.png"):
         assert (tmp_path / name).stat().st_size > 1000
