@@ -208,7 +208,7 @@ class OrchestrationConfig(_Section):
     (see :mod:`flows.runners`)."""
 
     runner: Literal["local", "dask"] = "local"
-    max_workers: int | None = Field(None, gt=0)  # default: one per CPU core, or 1 on a GPU
+    max_workers: int | None = Field(None, gt=0)  # default: one per GPU, or one per CPU core without one
     dask_address: str | None = None  # e.g. tcp://scheduler:8786; None starts a local cluster
     task_retries: int = Field(3, ge=0)
     task_retry_delay_seconds: float = Field(5.0, ge=0)

@@ -1,9 +1,10 @@
 """The fan-out task runner is configuration (``orchestration`` section), not code.
 
-- ``local``: this machine. With one worker (the default on a GPU, or ``max_workers: 1``)
+- ``local``: this machine. With one worker (the default with one GPU, or ``max_workers: 1``)
   the fine-tunes run one after another in the flow's own process, with all of torch's
-  threads. With more (the default on CPU: one per core) they run in that many worker
-  processes of a local Dask cluster started for the fan-out, the cores divided among them.
+  threads. With more (the default: one per GPU, or on CPU one per core) they run in that
+  many worker processes of a local Dask cluster started for the fan-out, the cores divided
+  among them and each with its own GPU (:mod:`flows.worker_gpu`).
 - ``dask``: ``prefect-dask``'s ``DaskTaskRunner`` on an existing cluster (``dask_address``,
   e.g. one GPU per worker), or on a local one as above.
 
@@ -16,20 +17,30 @@ fine-tunes' Python work from contending for one GIL.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from airrep.config import OrchestrationConfig
+from flows.worker_gpu import WORKER_GPUS_ENV
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, named as ``CUDA_VISIBLE_DEVICES`` names them (ids or
+    UUIDs), so a worker given one of these names sees that same device."""
+    if not torch.cuda.is_available():
+        return []
+    listed = [gpu.strip() for gpu in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu.strip()]
+    count = torch.cuda.device_count()
+    return listed[:count] if listed else [str(i) for i in range(count)]
 
 
 def default_workers() -> int:
     """CPU: one single-threaded worker per core (measured here: two 1-thread fine-tunes at
-    once finish 1.5x sooner than one 2-thread fine-tune at a time, for small LMs). GPU: one
-    worker, the device; more GPUs fan out through Dask, one GPU per worker process."""
-    if torch.cuda.is_available():
-        return 1
-    return max(1, os.cpu_count() or 1)
+    once finish 1.5x sooner than one 2-thread fine-tune at a time, for small LMs). GPUs:
+    one worker per GPU, each pinned to its own."""
+    return len(visible_gpus()) or max(1, os.cpu_count() or 1)
 
 
 def task_runner(config: OrchestrationConfig):
@@ -40,11 +51,20 @@ def task_runner(config: OrchestrationConfig):
 
     if config.runner == "dask" and config.dask_address:
         return DaskTaskRunner(address=config.dask_address)
+    return DaskTaskRunner(cluster_kwargs=local_cluster_kwargs(workers, visible_gpus(), prefect_api_env()))
+
+
+def local_cluster_kwargs(workers: int, gpus: Sequence[str], env: dict[str, str]) -> dict:
+    """``distributed.LocalCluster`` arguments: ``workers`` single-task worker processes with
+    their share of the cores and, when there are ``gpus``, one of them each."""
     threads = str(torch_threads_per_worker(workers))
-    return DaskTaskRunner(cluster_kwargs={
-        "n_workers": workers, "threads_per_worker": 1, "processes": True,
-        # Dask starts workers with 1 OpenMP/MKL thread; give each its share of the cores.
-        "env": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **prefect_api_env()}})
+    # Dask starts workers with 1 OpenMP/MKL thread; give each its share of the cores.
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **env}
+    kwargs: dict = {"n_workers": workers, "threads_per_worker": 1, "processes": True, "env": env}
+    if gpus:
+        env[WORKER_GPUS_ENV] = ",".join(gpus)
+        kwargs["preload"] = ["flows.worker_gpu"]
+    return kwargs
 
 
 def prefect_api_env() -> dict[str, str]:

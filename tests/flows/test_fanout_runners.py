@@ -4,6 +4,8 @@ the same labels."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -12,7 +14,8 @@ from prefect_dask import DaskTaskRunner
 from airrep.config import OrchestrationConfig
 from airrep.labels import normalize
 from flows.label_generation import label_generation
-from flows.runners import task_runner
+from flows.runners import local_cluster_kwargs, task_runner
+from flows.worker_gpu import gpu_for_worker
 
 
 def test_one_local_worker_runs_in_process_and_more_are_processes(monkeypatch):
@@ -40,3 +43,16 @@ def test_worker_processes_match_the_in_process_worker(micro_overrides, tmp_path,
                     strict=True):
         np.testing.assert_allclose(a, b, atol=1e-2)
         assert np.corrcoef(normalize(a).ravel(), normalize(b).ravel())[0, 1] > 0.9
+
+
+def test_local_workers_each_get_their_own_gpu():
+    """Real worker processes, started with the arguments ``task_runner`` gives a local cluster
+    on a machine with GPUs "3" and "5": each worker sees one GPU, three workers share two in turn."""
+    from distributed import Client, LocalCluster
+
+    kwargs = local_cluster_kwargs(3, ["3", "5"], {})
+    assert local_cluster_kwargs(3, [], {}).get("preload") is None  # CPU: nothing to pin
+    with LocalCluster(**kwargs, dashboard_address=None) as cluster, Client(cluster) as client:
+        seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+    assert sorted(seen.values()) == ["3", "3", "5"]
+    assert gpu_for_worker(4, "GPU-a, GPU-b") == "GPU-a" and gpu_for_worker(0, "") is None
