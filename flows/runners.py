@@ -23,7 +23,7 @@ import torch
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from airrep.config import OrchestrationConfig
-from flows.worker_gpu import WORKER_GPUS_ENV
+from flows.worker_gpu import WORKER_GPUS_ENV, gpu_names
 
 
 def visible_gpus() -> list[str]:
@@ -31,7 +31,7 @@ def visible_gpus() -> list[str]:
     UUIDs), so a worker given one of these names sees that same device."""
     if not torch.cuda.is_available():
         return []
-    listed = [gpu.strip() for gpu in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu.strip()]
+    listed = gpu_names(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     count = torch.cuda.device_count()
     return listed[:count] if listed else [str(i) for i in range(count)]
 

@@ -14,9 +14,14 @@ import os
 WORKER_GPUS_ENV = "AIRREP_WORKER_GPUS"
 
 
+def gpu_names(listing: str) -> list[str]:
+    """The GPU ids or UUIDs in a comma-separated list such as ``CUDA_VISIBLE_DEVICES``."""
+    return [gpu.strip() for gpu in listing.split(",") if gpu.strip()]
+
+
 def gpu_for_worker(index: int, gpus: str) -> str | None:
     """The GPU (an id or UUID from ``gpus``, comma-separated) for the worker at ``index``."""
-    listed = [gpu.strip() for gpu in gpus.split(",") if gpu.strip()]
+    listed = gpu_names(gpus)
     return listed[index % len(listed)] if listed else None
 
 
