@@ -23,6 +23,7 @@ from airrep.data import Record, corpus_fingerprint, load_records
 from airrep.finetune import finetune_and_evaluate
 from airrep.labels import normalize
 from airrep.llm import fingerprint, load_base_llm, resolve_base_llm
+from airrep.precision import resolve_precision
 from airrep.sampling import SubsetIndex, sample_index
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,9 @@ def finetune_key(llm_fingerprint: str, members: list[str], eval_ids: list[str],
         "llm": llm_fingerprint,
         "members": sorted(members),
         "eval": list(eval_ids),
-        "settings": settings.model_dump(mode="json", exclude={"seed"}),
+        # The precision that ran, not the configured one: ``auto`` gives bf16 or fp32 by machine.
+        "settings": {**settings.model_dump(mode="json", exclude={"seed"}),
+                     "precision": resolve_precision(settings.precision)},
         "seed": seed,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
