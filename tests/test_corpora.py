@@ -17,7 +17,7 @@ from airrep.corpora import (
     load_natural_instructions,
     natural_instruction_records,
 )
-from airrep.data import CorpusError, LoadReport, load_records
+from airrep.data import CorpusError, LoadReport, format_example, format_record, load_records
 
 
 def sharegpt_like(n: int) -> list[dict]:
@@ -302,3 +302,26 @@ def test_bigbench_archive_with_a_wrong_hash_publishes_nothing(package_index, tmp
         corpora.bigbench_archive()
     assert "place the sdist at" in str(error.value) and "data.source: sharegpt" in str(error.value)
     assert list((tmp_path / "downloads").iterdir()) == []  # neither the archive nor a partial file
+
+
+def test_reserved_subtasks_are_pretraining_text_never_records(tmp_path, monkeypatch):
+    """Every third subtask is held back for base-LM pretraining: no split or benchmark sees it."""
+    monkeypatch.setenv("AIRREP_CACHE", str(tmp_path))
+    make_bigbench_archive(tmp_path, {
+        "subtask001_x": json.dumps(ni_payload("subtask001_x", [("kept input", ["kept"])])).encode(),
+        "subtask003_z": json.dumps(ni_payload("subtask003_z", [("reserved input", ["reserved"])])).encode(),
+    })
+    records, _ = load_records(DataConfig(source="natural_instructions"))
+    assert {r.label for r in records} == {"subtask001_x"}
+    assert corpora.natural_instructions_reserved() == [
+        format_example("Answer the question.\nreserved input", "reserved")]
+    assert [corpora.is_reserved_task(f"subtask{i:03d}_t") for i in range(1, 7)] == [False, False, True] * 2
+
+
+def test_sharegpt_later_turns_are_not_record_text(sharegpt_records):
+    """The general pretraining text: turns after each conversation's first pair. Only a few
+    stock exchanges ("hi" → "Hello! How can I help you today?") also open other conversations."""
+    texts = corpora.sharegpt_later_turns()
+    assert len(texts) > 40_000 and all(t.startswith("### Instruction:\n") for t in texts[:100])
+    shared = {format_record(r) for r in sharegpt_records} & set(texts)
+    assert len(shared) < 25 and all(len(t) < 200 for t in shared)
