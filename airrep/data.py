@@ -57,6 +57,33 @@ def format_record(record: Record) -> str:
     return format_example(record.prompt, record.response)
 
 
+RESPONSE_MARKER = PROMPT_TEMPLATE.split("{prompt}")[1]  # "\n\n### Response:\n"
+
+
+def split_formatted(text: str) -> tuple[str, str]:
+    """``(prompt part, response)`` of a :func:`format_example` text: the prompt part ends with
+    the response marker. A text without the marker is all response."""
+    cut = text.rfind(RESPONSE_MARKER)
+    if cut < 0:
+        return "", text
+    cut += len(RESPONSE_MARKER)
+    return text[:cut], text[cut:]
+
+
+def truncate_pair(n_prompt: int, n_response: int, budget: int) -> tuple[int, int]:
+    """How many prompt and response tokens to keep within ``budget``: the prompt is cut first.
+
+    The labels are losses on response tokens, and a training example acts on the base LLM
+    through its response tokens, so the response keeps everything but a reserve of up to a
+    quarter of the budget for the prompt; the prompt keeps what is left. The LLM fine-tune
+    and the AirRep encoder (training, encoding, serving) all truncate with this rule, each
+    keeping the start of what it cuts.
+    """
+    reserve = min(n_prompt, budget // 4)
+    keep_response = min(n_response, max(budget - reserve, 0))
+    return min(n_prompt, budget - keep_response), keep_response
+
+
 def truncate_words(text: str, max_words: int) -> str:
     words = text.split()
     return text.strip() if len(words) <= max_words else " ".join(words[:max_words])

@@ -10,7 +10,8 @@ This is the product's hot path: label generation runs it once per subset (the pa
 - per-example losses come from one scatter-add over those positions.
 
 Mixed precision and devices go through ``accelerate`` (bf16 autocast uses AMX or
-AVX512-BF16 on CPUs that have them, and tensor cores on GPUs).
+AVX512-BF16 on CPUs that have them, and tensor cores on GPUs; ``precision: auto`` picks
+fp32 on CPUs without them, see :mod:`airrep.precision`).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from torch import nn
 
 from airrep.attention import ATTENTION_NAME
 from airrep.config import FinetuneConfig
-from airrep.data import Record, format_example
+from airrep.data import Record, format_example, truncate_pair
 from airrep.linear_cross_entropy import linear_cross_entropy
+from airrep.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,9 @@ def tokenize_records(
 ) -> list[TokenizedExample]:
     """Token ids of ``format_example`` texts, with the loss mask on the response only.
 
-    When a pair is longer than ``max_length``, the prompt is cut first (to at most half the
-    budget) so that every example keeps response tokens to learn from and to be scored on.
+    When a pair is longer than ``max_length``, the prompt is cut first
+    (:func:`airrep.data.truncate_pair`) so that every example keeps response tokens to learn
+    from and to be scored on.
     """
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -75,9 +78,8 @@ def tokenize_records(
     for record in records:
         prompt_ids = bos + tokenizer(format_example(record.prompt), add_special_tokens=False)["input_ids"]
         response_ids = tokenizer(record.response, add_special_tokens=False)["input_ids"] + eos
-        budget = max_length - min(len(prompt_ids), max_length // 2)
-        response_ids = response_ids[:budget]
-        prompt_ids = prompt_ids[: max_length - len(response_ids)]
+        keep_prompt, keep_response = truncate_pair(len(prompt_ids), len(response_ids), max_length)
+        prompt_ids, response_ids = prompt_ids[:keep_prompt], response_ids[:keep_response]
         labels = (prompt_ids if train_on_prompt else [IGNORE] * len(prompt_ids)) + response_ids
         examples.append(TokenizedExample(prompt_ids + response_ids, labels))
     return examples
@@ -106,7 +108,7 @@ def make_accelerator(precision: str) -> Accelerator:
     accelerate keeps one global state per process and refuses a second mixed-precision
     setting, but one worker may run fine-tunes and evaluations with different settings.
     """
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(precision)]
     # accelerate's states are process-wide singletons initialised field by field: two worker
     # threads constructing at once can see a half-initialised GradientState.
     with _ACCELERATOR_LOCK:

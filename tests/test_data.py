@@ -262,3 +262,24 @@ def test_write_and_read_jsonl_round_trip(tmp_path):
     ]
     write_jsonl(records, tmp_path / "out.jsonl")
     assert read_jsonl(tmp_path / "out.jsonl") == records
+
+
+@pytest.mark.parametrize(("n_prompt", "n_response", "budget", "kept"), [
+    (10, 10, 40, (10, 10)),  # fits: nothing cut
+    (100, 10, 40, (30, 10)),  # a short response stays whole, the prompt takes the rest
+    (100, 100, 40, (10, 30)),  # both long: the prompt keeps a quarter
+    (3, 100, 40, (3, 37)),  # a short prompt stays whole, the response takes the rest
+    (0, 100, 40, (0, 40)),
+])
+def test_truncate_pair_cuts_the_prompt_first(n_prompt, n_response, budget, kept):
+    from airrep.data import truncate_pair
+
+    assert truncate_pair(n_prompt, n_response, budget) == kept
+
+
+def test_split_formatted_inverts_format_example():
+    from airrep.data import split_formatted
+
+    text = format_example("a prompt\n\n### Response:\nthat quotes the marker", "the answer")
+    assert split_formatted(text) == (format_example("a prompt\n\n### Response:\nthat quotes the marker"), "the answer")
+    assert split_formatted("plain text") == ("", "plain text")

@@ -82,7 +82,8 @@ def test_long_prompt_keeps_the_whole_short_response(tiny_random_lm):
     assert decode(tokenizer, example.input_ids[:n_prompt]).startswith("<s>### Instruction:\nprompt words")
 
 
-def test_long_prompt_and_long_response_share_the_budget(tiny_random_lm):
+def test_long_prompt_and_long_response_cut_the_prompt_first(tiny_random_lm):
+    """The response keeps all but a quarter of the budget, which the prompt keeps."""
     tokenizer = tiny_random_lm.tokenizer
     response = " ".join(["response words keep coming"] * 100)
     record = Record(id="x", group_id="x", prompt=" ".join(["prompt words go on"] * 100), response=response)
@@ -90,7 +91,7 @@ def test_long_prompt_and_long_response_share_the_budget(tiny_random_lm):
         (example,) = tokenize_records(tokenizer, [record], max_length=max_length)
         assert len(example.input_ids) == max_length
         n_prompt = split_at_mask(example)
-        assert n_prompt == max_length // 2
+        assert n_prompt == max_length // 4
         assert response.startswith(decode(tokenizer, example.labels[n_prompt:]))
 
 
