@@ -3,8 +3,11 @@
 The corpus is cut by ``group_id`` (never by record) into disjoint regions, in this order:
 benchmark test set, benchmark pool, the base-LM pretraining slice, and the training
 region from which every cross-validation split draws its dev set and train pool (paper
-§3.3). Splits may overlap each other, as the paper's 100 splits of one corpus do, but a
-split's dev set and pool never share a group, and nothing a split sees is in the benchmark.
+§3.3). Splits take consecutive groups of one shuffle of the region, so their dev sets and
+pools are disjoint from each other's as long as the region holds them all (breadth: every
+split brings new texts); past that, the region is shuffled again and later splits overlap
+earlier ones, as the paper's 100 splits of one corpus do. A split's dev set and pool never
+share a group, and nothing a split sees is in the benchmark.
 Everything here is deterministic in the seed and plain JSON.
 """
 
@@ -124,6 +127,10 @@ def random_subsets(pool: list[str], n_subsets: int, size: int, rng: np.random.Ge
     return subsets
 
 
+def _shuffled(region: list[list[str]], seed: int, shuffle: int) -> list[list[str]]:
+    return [region[i] for i in np.random.default_rng([seed, 2, shuffle]).permutation(len(region))]
+
+
 def sample_index(
     records: list[Record], config: SamplingConfig, seed: int, corpus_fingerprint: str
 ) -> SubsetIndex:
@@ -154,16 +161,22 @@ def sample_index(
         subsets=random_subsets(bench_pool, bench.n_subsets, bench.subset_size, bench_rng),
     )
     splits = []
+    passes, cursor = 0, 0
+    order = _shuffled(region, seed, passes)
     for k in range(config.n_splits):
-        split_rng = np.random.default_rng([seed, 2, k])
-        order = [region[i] for i in split_rng.permutation(len(region))]
-        dev, position = _take(order, 0, config.n_dev)
-        pool, _ = _take(order, position, config.n_pool)
+        dev, position = _take(order, cursor, config.n_dev)
+        pool, cursor = _take(order, position, config.n_pool)
+        if len(dev) < config.n_dev or len(pool) < config.n_pool:  # this shuffle is used up: another
+            passes += 1
+            order = _shuffled(region, seed, passes)
+            dev, position = _take(order, 0, config.n_dev)
+            pool, cursor = _take(order, position, config.n_pool)
         if len(pool) < config.n_pool:
             raise SamplingError(
                 f"split {k}: only {len(pool)} pool records left after the dev set (wanted "
                 f"{config.n_pool}); lower sampling.n_dev or sampling.n_pool, or use a larger corpus"
             )
+        split_rng = np.random.default_rng([seed, 3, k])
         splits.append(Split(
             dev=dev, pool=pool,
             subsets=random_subsets(pool, config.n_subsets, config.subset_size, split_rng),

@@ -138,3 +138,26 @@ def test_random_subsets_cannot_exceed_the_pool_or_repeat():
     # Only one subset of size 2 exists in a pool of 2: a second distinct one is impossible.
     with pytest.raises(SamplingError, match="lower n_subsets or subset_size"):
         random_subsets(["a", "b"], 2, 2, np.random.default_rng(0))
+
+
+def test_splits_are_disjoint_while_the_region_holds_them(index):
+    """Breadth: each split brings new texts until the training region is used up."""
+    seen: set[str] = set()
+    for split in index.splits:
+        ids = set(split.dev) | set(split.pool)
+        assert not ids & seen
+        seen |= ids
+
+
+def test_splits_overlap_only_past_what_the_region_holds(sharegpt_records):
+    region = len(sharegpt_records) - 50 - 200 - 300
+    per_split = 60 + 240
+    config = CONFIG.model_copy(update={"n_splits": region // per_split + 3})
+    index = sample_index(sharegpt_records, config, seed=3, corpus_fingerprint="fp")
+    first = index.splits[: region // per_split - 1]  # partial groups at a split's edge cost a few records
+    seen = [set(s.dev) | set(s.pool) for s in first]
+    assert sum(len(s) for s in seen) == len(set().union(*seen))
+    later = set(index.splits[-1].dev) | set(index.splits[-1].pool)
+    assert later & set().union(*seen)  # past the region: a new shuffle, overlapping earlier splits
+    for split in index.splits:
+        assert len(split.pool) == 240 and not set(split.dev) & set(split.pool)
