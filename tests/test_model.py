@@ -121,3 +121,19 @@ def test_shared_pooling_equals_the_gather(dtype, pooling):
     got = pool_groups_shared(sims, groups, pooling)
     tolerance = 1e-12 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_long_texts_lose_prompt_tokens_before_response_tokens():
+    """Encoding truncates like the fine-tune: the response keeps all but a quarter of the budget."""
+    from airrep.data import format_example
+    from airrep.model import TokenizedTexts
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder("minilm"))
+    prompt, response = " ".join(["question"] * 200), " ".join(["answer"] * 200)
+    (ids,) = TokenizedTexts(tokenizer, [format_example(prompt, response)], 64).ids
+    words = tokenizer.convert_ids_to_tokens(ids)
+    assert len(ids) == 64 and words[0] == "[CLS]" and words[-1] == "[SEP]"
+    assert words.count("answer") == 62 - 62 // 4 and words.count("question") == 62 // 4 - 5  # '### instruction :'
+    short = format_example("a short prompt", "and a short response")
+    assert TokenizedTexts(tokenizer, [short, "no template at all"], 64).ids == \
+        [tokenizer(short)["input_ids"], tokenizer("no template at all")["input_ids"]]

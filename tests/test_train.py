@@ -5,36 +5,65 @@ from transformers import AutoTokenizer, BertConfig
 
 from airrep.config import TrainConfig
 from airrep.metrics import lds
-from airrep.model import AirRep, AirRepConfig, AirRepModel, TokenizedTexts, resolve_encoder
-from airrep.train import TrainingSplit, ranking_step, train_airrep
+from airrep.model import AirRep, AirRepConfig, AirRepModel, resolve_encoder
+from airrep.train import TextBank, TrainingSplit, ranking_step, train_airrep
 
 
-def tiny_airrep(seed=0):
+def tiny_airrep(seed=0, layers=1):
     torch.manual_seed(seed)
-    encoder = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+    encoder = BertConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
                          vocab_size=30522, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = AirRepModel(AirRepConfig(encoder=encoder.to_dict(), max_tokens=32))
     return AirRep(model, AutoTokenizer.from_pretrained(resolve_encoder("minilm")), precision="fp32")
 
 
-def test_two_pass_gradient_equals_single_pass():
-    airrep = tiny_airrep()
-    rng = np.random.default_rng(0)
+def _step_inputs(airrep, rng):
     words = ["alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "north"]
-    dev = TokenizedTexts(airrep.tokenizer, [" ".join(rng.choice(words, 5)) for _ in range(6)], 32)
-    pool_texts = [" ".join(rng.choice(words, int(rng.integers(2, 9)))) for _ in range(20)]
-    pool = TokenizedTexts(airrep.tokenizer, pool_texts, 32)
-    members = np.array([rng.choice(20, 5, replace=False) for _ in range(4)])
+    dev = [" ".join(rng.choice(words, 5)) for _ in range(6)]
+    pool = [" ".join(rng.choice(words, int(rng.integers(2, 9)))) + f" {i}" for i in range(20)]
+    bank = TextBank(airrep.tokenizer, dev + pool, 32)
+    members = bank.rows(pool)[np.array([rng.choice(20, 5, replace=False) for _ in range(4)])]
     target = torch.tensor(rng.normal(size=(6, 4)), dtype=torch.float32)
+    return bank, bank.rows(dev), members, target
+
+
+def _gradients(model, step) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    step()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("trainable_layers", [None, 1, 0])
+def test_two_pass_gradient_equals_single_pass(trainable_layers):
+    airrep = tiny_airrep(layers=2)
+    airrep.model.freeze_below(trainable_layers)
+    bank, dev_rows, members, target = _step_inputs(airrep, np.random.default_rng(0))
     config = TrainConfig(precision="fp32", encode_chunk=3)
-    grads = []
-    for two_pass in (True, False):
-        airrep.model.zero_grad()
-        loss, _ = ranking_step(airrep.model, dev, np.arange(6), pool, members, target, config, two_pass)
-        grads.append([p.grad.clone() for p in airrep.model.parameters() if p.grad is not None])
-    assert len(grads[0]) == len(grads[1]) > 0
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    one = _gradients(airrep.model, lambda: ranking_step(airrep.model, bank, dev_rows, members, target, config, True))
+    two = _gradients(airrep.model, lambda: ranking_step(airrep.model, bank, dev_rows, members, target, config, False))
+    assert one.keys() == two.keys() and len(one) > 0
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("trainable_layers", [2, 1, 0])
+def test_frozen_layer_cache_gives_the_uncached_gradient(trainable_layers):
+    """Running only the top blocks on cached states of the bottom ones is the same function."""
+    airrep = tiny_airrep(layers=2)
+    airrep.model.freeze_below(trainable_layers)
+    bank, dev_rows, members, target = _step_inputs(airrep, np.random.default_rng(1))
+    config = TrainConfig(precision="fp32", encode_chunk=4)
+    plain = _gradients(airrep.model, lambda: ranking_step(airrep.model, bank, dev_rows, members, target, config))
+    bank.build_cache(airrep.model, 2 - trainable_layers, chunk=5, precision="fp32", dtype=torch.float32)
+    cached = _gradients(airrep.model, lambda: ranking_step(airrep.model, bank, dev_rows, members, target, config))
+    assert plain.keys() == cached.keys() and "projection.weight" in plain
+    for name in plain:
+        torch.testing.assert_close(plain[name], cached[name], atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        rows = np.arange(len(bank))
+        torch.testing.assert_close(bank.encode(airrep.model, rows, 7, "fp32"),
+                                   torch.as_tensor(airrep.encode([list(bank.index)[r] for r in rows])),
+                                   atol=1e-5, rtol=1e-4)
 
 
 def planted_task(rng, n_pool=48, n_test=16, n_subsets=24, size=8):
@@ -77,22 +106,37 @@ def test_training_learns_planted_group_influence():
     assert after > 0.35, (before, after)
 
 
-def test_training_checkpoints_and_final_model(tmp_path):
+def test_training_checkpoints_validates_and_keeps_the_best(tmp_path):
     rng = np.random.default_rng(1)
-    pool, test, subsets, losses = planted_task(rng)
     from airrep.labels import normalize
-    split = TrainingSplit(test, pool, subsets, normalize(losses))
+    splits = [TrainingSplit(test, pool, subsets, normalize(losses))
+              for pool, test, subsets, losses in (planted_task(rng) for _ in range(2))]
     config = TrainConfig(steps=4, lr=1e-3, warmup_steps=0, reference_size=4, topk=4, precision="fp32",
-                         checkpoint_every=2, eval_every=2)
-    seen = []
-    _, curve = train_airrep([split], config, out_dir=tmp_path, airrep=tiny_airrep(),
-                            evaluate=lambda m: seen.append(1) or 0.0, show_progress_bar=False)
+                         checkpoint_every=2, eval_every=2, validation_splits=1)
+    _, curve = train_airrep(splits, config, out_dir=tmp_path, airrep=tiny_airrep(), show_progress_bar=False)
     assert (tmp_path / "checkpoint-2" / "model.safetensors").exists()
     assert (tmp_path / "model.safetensors").exists()
-    assert curve.eval_step == [2, 4] and len(seen) == 2
+    assert curve.eval_step == [2, 4] and all(np.isfinite(curve.eval_lds))
+    assert curve.best_step == curve.eval_step[int(np.argmax(curve.eval_lds))]
     assert len(curve.loss) == 4 and all(np.isfinite(curve.loss))
+    kept = AirRep.from_pretrained(tmp_path, precision="fp32")
+    pool, test, subsets, labels = splits[1].pool_texts, splits[1].dev_texts, splits[1].subsets, splits[1].labels
+    assert held_out_lds(kept, pool, test, subsets, -labels) == pytest.approx(max(curve.eval_lds), abs=1e-6)
+
+
+def test_early_stopping_after_patience_evaluations():
+    rng = np.random.default_rng(2)
+    from airrep.labels import normalize
+    splits = [TrainingSplit(test, pool, subsets, normalize(losses))
+              for pool, test, subsets, losses in (planted_task(rng) for _ in range(2))]
+    config = TrainConfig(steps=50, lr=1e-12, warmup_steps=0, reference_size=4, topk=4, precision="fp32",
+                         eval_every=1, validation_splits=1, patience=3)
+    _, curve = train_airrep(splits, config, airrep=tiny_airrep(), show_progress_bar=False)
+    assert curve.step[-1] == 4 and curve.best_step == 1  # a learning rate of 1e-12 changes nothing
 
 
 def test_no_splits_is_a_clear_error():
     with pytest.raises(ValueError, match="label generation"):
         train_airrep([], TrainConfig())
+    with pytest.raises(ValueError, match="validation_splits"):
+        train_airrep([TrainingSplit([], [], np.zeros((2, 1)), np.zeros((2, 0)))], TrainConfig(validation_splits=1))

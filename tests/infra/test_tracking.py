@@ -195,7 +195,7 @@ def test_run_and_registered_version(registry: Registry, logged: Logged) -> None:
     assert SECRET not in run.data.params.values()
     assert all(SECRET not in v for v in list(run.data.params.values()) + list(run.data.tags.values()))
     assert [m.step for m in client.get_metric_history(logged.run_id, "train_loss")] == [1, 2, 3, 4]
-    assert [m.value for m in client.get_metric_history(logged.run_id, "heldout_lds")] == [0.1, 0.2]
+    assert [m.value for m in client.get_metric_history(logged.run_id, "validation_lds")] == [0.1, 0.2]
     assert run.data.metrics["train_pair_accuracy"] == 0.7
     assert run.data.metrics["lds_airrep"] == 0.25 and run.data.metrics["noise_ceiling"] == 0.4
     assert "lds_logra" not in run.data.metrics
