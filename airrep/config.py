@@ -153,6 +153,11 @@ class TrainConfig(_Section):
     """AirRep encoder training (paper §3.4: AdamW, lr 1e-4, up to 2000 steps); see airrep/train.py."""
 
     encoder: str = "minilm"
+    encoder_layers: int | None = Field(None, gt=0)  # keep the encoder's first n blocks; None: all
+    normalize: bool = False  # L2-normalise embeddings: dot products are scaled cosines
+    initial_scale: float = Field(1.0, gt=0)  # dot-product scale a fresh model starts from
+    # Candidate starting scales, the best by validation LDS before the first step (needs validation_splits).
+    scale_candidates: list[float] = Field(default_factory=list)
     projection_dim: int | None = Field(None, gt=0)
     max_tokens: int = Field(128, ge=8)
     steps: int = Field(2000, gt=0)
@@ -192,6 +197,9 @@ class EvaluateConfig(_Section):
     methods: list[str] = Field(default_factory=lambda: [
         "airrep", "airrep-sum", "encoder", "encoder-sum", "tfidf", "tfidf-sum", "logra", "tracin"])
     noise_ceiling: bool = True
+    # Fine-tune only the first n held-out subsets a second time for the ceiling (None: all):
+    # the ceiling is then the LDS over those n subsets.
+    noise_ceiling_subsets: int | None = Field(None, gt=1)
     gradient_max_length: int = Field(160, ge=8)
     # Values stored per train example (LoGra: per linear layer, a perfect square); omitted
     # methods use dattri's defaults. LoGra at 4096/layer costs ~11x the time of 256/layer on CPU.

@@ -9,6 +9,7 @@ directory (safetensors + config + tokenizer) that ``AirRep.from_pretrained`` loa
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from airrep.data import Record, format_record, split_formatted, truncate_pair
 from airrep.precision import resolve_precision
@@ -37,16 +39,19 @@ def resolve_encoder(name: str) -> str:
 
 
 class AirRepConfig(PretrainedConfig):
-    """The encoder's own config (nested) plus the projection size and text length."""
+    """The encoder's own config (nested) plus the projection size, text length, whether
+    embeddings are L2-normalised and the scale a fresh model starts from."""
 
     model_type = "airrep"
 
     def __init__(self, encoder: dict | None = None, projection_dim: int | None = None,
-                 max_tokens: int = 256, **kwargs) -> None:
+                 max_tokens: int = 256, normalize: bool = False, initial_scale: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.encoder = encoder or {}
         self.projection_dim = projection_dim
         self.max_tokens = max_tokens
+        self.normalize = normalize
+        self.initial_scale = initial_scale
 
 
 class AirRepModel(PreTrainedModel):
@@ -81,8 +86,8 @@ class AirRepModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         if module is self and hasattr(self, "log_scale"):
-            with torch.no_grad():
-                self.log_scale.zero_()
+            with torch.no_grad():  # dot products scale with the square of the embeddings' scale
+                self.log_scale.fill_(0.5 * math.log(self.config.initial_scale))
         if module is getattr(self, "projection", None):
             with torch.no_grad():
                 if module.in_features == module.out_features:
@@ -93,13 +98,29 @@ class AirRepModel(PreTrainedModel):
 
     @classmethod
     def from_encoder(cls, encoder: str = DEFAULT_ENCODER, projection_dim: int | None = None,
-                     max_tokens: int = 256, trust_remote_code: bool = False) -> AirRepModel:
-        """A fresh AirRep around pretrained encoder weights (safetensors only)."""
+                     max_tokens: int = 256, trust_remote_code: bool = False, layers: int | None = None,
+                     normalize: bool = False, initial_scale: float = 1.0) -> AirRepModel:
+        """A fresh AirRep around pretrained encoder weights (safetensors only).
+
+        ``layers``: keep only the encoder's first ``layers`` blocks (the lower blocks of a
+        sentence encoder keep more of a text's words, which is what a small LM's fine-tune
+        reacts to; and each dropped block is that much less to run). ``normalize`` and
+        ``initial_scale``: embeddings are L2-normalised and then scaled, so that dot products
+        are cosines times ``initial_scale`` at the start (the sharpness of attention pooling).
+        """
         path = resolve_encoder(encoder)
+        extra = {"num_hidden_layers": layers} if layers else {}
         with TRANSFORMERS_LOCK:
-            pretrained = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code)
+            verbosity = hf_logging.get_verbosity()
+            if layers:  # the dropped blocks' weights are "unexpected" by design: no report of them
+                hf_logging.set_verbosity_error()
+            try:
+                pretrained = AutoModel.from_pretrained(path, use_safetensors=True,
+                                                       trust_remote_code=trust_remote_code, **extra)
+            finally:
+                hf_logging.set_verbosity(verbosity)
             config = AirRepConfig(encoder=pretrained.config.to_dict(), projection_dim=projection_dim,
-                                  max_tokens=max_tokens)
+                                  max_tokens=max_tokens, normalize=normalize, initial_scale=initial_scale)
             model = cls(config)
         missing, unexpected = model.encoder.load_state_dict(pretrained.state_dict(), strict=False)
         # The pooler (BERT's [CLS] head) is unused: AirRep mean-pools the token states.
@@ -150,10 +171,17 @@ class AirRepModel(PreTrainedModel):
         return hidden
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Masked mean over tokens, then the projection: ``(batch, dim)``."""
+        """Masked mean over tokens, then :meth:`head`: ``(batch, dim)``."""
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # masked mean, (batch, hidden)
-        return self.projection(pooled) * self.log_scale.exp()
+        return self.head(pooled)
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Projection, then (when configured) L2 normalisation, then the scale."""
+        embedding = self.projection(pooled)
+        if self.config.normalize:
+            embedding = nn.functional.normalize(embedding, dim=-1)
+        return embedding * self.log_scale.exp()
 
     def forward_from(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
         """``Enc(text)`` from the hidden states after block ``start - 1`` (see :meth:`frozen_states`)."""
@@ -288,9 +316,12 @@ class AirRep:
         self._runner: tuple[tuple, nn.Module] | None = None  # (weights' identity, module encode runs)
 
     @classmethod
-    def from_encoder(cls, encoder: str = DEFAULT_ENCODER, **kwargs) -> AirRep:
-        """The untrained AirRep (identity projection) around a pretrained encoder."""
-        model = AirRepModel.from_encoder(encoder)
+    def from_encoder(cls, encoder: str = DEFAULT_ENCODER, layers: int | None = None, normalize: bool = False,
+                     initial_scale: float = 1.0, projection_dim: int | None = None, **kwargs) -> AirRep:
+        """The untrained AirRep (identity projection) around a pretrained encoder (see
+        :meth:`AirRepModel.from_encoder` for ``layers``, ``normalize`` and ``initial_scale``)."""
+        model = AirRepModel.from_encoder(encoder, projection_dim=projection_dim, layers=layers, normalize=normalize,
+                                         initial_scale=initial_scale)
         with TRANSFORMERS_LOCK:
             tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(encoder), trust_remote_code=False)
         return cls(model, tokenizer, **kwargs)

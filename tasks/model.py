@@ -48,7 +48,7 @@ def train_airrep_task(config: dict[str, Any], index_key: str, label_keys: list[s
     store.put_json(curve_key, curve_dict)
     logger.info("trained AirRep in %.0f s (%d steps; frozen layers %.0f s), final loss %.4f; kept step %s "
                 "(validation LDS %s)", curve.seconds, len(curve.step), curve.cache_seconds, curve.loss[-1],
-                curve.best_step or curve.step[-1],
+                curve.best_step if curve.best_step is not None else curve.step[-1],
                 f"{max(curve.eval_lds):.4f}" if curve.eval_lds else "not measured")
     return {"key": key, "curve": curve_dict, "skipped": False}
 

@@ -50,6 +50,9 @@ def test_two_pass_gradient_equals_single_pass(trainable_layers):
 def test_frozen_layer_cache_gives_the_uncached_gradient(trainable_layers):
     """Running only the top blocks on cached states of the bottom ones is the same function."""
     airrep = tiny_airrep(layers=2)
+    airrep.model.config.normalize = True
+    with torch.no_grad():
+        airrep.model.log_scale.fill_(0.7)
     airrep.model.freeze_below(trainable_layers)
     bank, dev_rows, members, target = _step_inputs(airrep, np.random.default_rng(1))
     config = TrainConfig(precision="fp32", encode_chunk=4)
@@ -116,7 +119,7 @@ def test_training_checkpoints_validates_and_keeps_the_best(tmp_path):
     _, curve = train_airrep(splits, config, out_dir=tmp_path, airrep=tiny_airrep(), show_progress_bar=False)
     assert (tmp_path / "checkpoint-2" / "model.safetensors").exists()
     assert (tmp_path / "model.safetensors").exists()
-    assert curve.eval_step == [2, 4] and all(np.isfinite(curve.eval_lds))
+    assert curve.eval_step == [0, 2, 4] and all(np.isfinite(curve.eval_lds))
     assert curve.best_step == curve.eval_step[int(np.argmax(curve.eval_lds))]
     assert len(curve.loss) == 4 and all(np.isfinite(curve.loss))
     kept = AirRep.from_pretrained(tmp_path, precision="fp32")
@@ -132,7 +135,7 @@ def test_early_stopping_after_patience_evaluations():
     config = TrainConfig(steps=50, lr=1e-12, warmup_steps=0, reference_size=4, topk=4, precision="fp32",
                          eval_every=1, validation_splits=1, patience=3)
     _, curve = train_airrep(splits, config, airrep=tiny_airrep(), show_progress_bar=False)
-    assert curve.step[-1] == 4 and curve.best_step == 1  # a learning rate of 1e-12 changes nothing
+    assert curve.step[-1] == 3 and curve.best_step == 0  # a learning rate of 1e-12 changes nothing
 
 
 def test_no_splits_is_a_clear_error():
@@ -140,3 +143,21 @@ def test_no_splits_is_a_clear_error():
         train_airrep([], TrainConfig())
     with pytest.raises(ValueError, match="validation_splits"):
         train_airrep([TrainingSplit([], [], np.zeros((2, 1)), np.zeros((2, 0)))], TrainConfig(validation_splits=1))
+
+
+def test_starting_scale_is_picked_by_validation():
+    rng = np.random.default_rng(3)
+    from airrep.labels import normalize
+    splits = [TrainingSplit(test, pool, subsets, normalize(losses))
+              for pool, test, subsets, losses in (planted_task(rng) for _ in range(2))]
+    config = TrainConfig(steps=1, lr=1e-12, projection_lr=1e-12, warmup_steps=0, reference_size=4, topk=4,
+                         precision="fp32", eval_every=1, validation_splits=1, scale_candidates=[0.01, 1.0, 100.0])
+    airrep = tiny_airrep()
+    _, curve = train_airrep(splits, config, airrep=airrep, show_progress_bar=False)
+    assert curve.initial_scale in (0.01, 1.0, 100.0)
+    picked = curve.eval_lds[0]
+    for scale in config.scale_candidates:  # the kept model scores as the best candidate does
+        with torch.no_grad():
+            airrep.model.log_scale.fill_(0.5 * np.log(scale))
+        pool, test, subsets, labels = splits[1].pool_texts, splits[1].dev_texts, splits[1].subsets, splits[1].labels
+        assert held_out_lds(airrep, pool, test, subsets, -labels) <= picked + 1e-9
