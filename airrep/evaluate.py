@@ -109,8 +109,9 @@ def evaluate_methods(
     ablation). ``seconds`` is the time to score the test set against the pool.
     """
     table = LDSTable()
-    if bench.losses_repeat is not None:
-        table.noise_ceiling = lds(-bench.losses_repeat.T, bench.losses.T)
+    if bench.losses_repeat is not None:  # over the subsets fine-tuned twice (all, or the first n)
+        repeats = len(bench.losses_repeat)
+        table.noise_ceiling = lds(-bench.losses_repeat.T, bench.losses[:repeats].T)
     for name, (score_fn, poolings) in methods.items():
         start = time.perf_counter()
         try:

@@ -55,8 +55,9 @@ def subset_jobs(config: dict[str, Any], index_key: str, stage: str) -> list[dict
     jobs = [{"members": m, "eval_ids": bench.test, "seed": benchmark_seed(settings, j), "label": f"benchmark-subset{j}"}
             for j, m in enumerate(bench.subsets)]
     if config["evaluate"]["noise_ceiling"]:
+        repeats = config["evaluate"].get("noise_ceiling_subsets") or len(bench.subsets)
         jobs += [{"members": m, "eval_ids": bench.test, "seed": benchmark_seed(settings, j, repeat=True),
-                  "label": f"benchmark-repeat{j}"} for j, m in enumerate(bench.subsets)]
+                  "label": f"benchmark-repeat{j}"} for j, m in enumerate(bench.subsets[:repeats])]
     return jobs
 
 
