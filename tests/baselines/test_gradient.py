@@ -147,7 +147,11 @@ def test_batching_does_not_change_the_scores(setting, method, monkeypatch):
     monkeypatch.setattr(gradient, "PER_SAMPLE_GRADIENT_BUDGET", 1)
     batched = gradient_scores(method, model, tokenizer, train, test, proj_dim=proj_dim, batch_size=3)
     scale = np.abs(whole.scores).max()
-    np.testing.assert_allclose(batched.scores, whole.scores, rtol=1e-4, atol=1e-4 * scale)
+    # TRAK solves with its damped kernel (X^T X + lambda I)^-1, which scales fp32 round-off
+    # in the gradients by the kernel's condition number; a misplaced row would still be off
+    # by the whole score.
+    tolerance = 1e-3 if method == "trak" else 1e-4
+    np.testing.assert_allclose(batched.scores, whole.scores, rtol=tolerance, atol=tolerance * scale)
 
 
 def test_gradient_features_preserve_gradient_geometry(setting):
