@@ -77,7 +77,79 @@ def run_dataset(config_path: str, dataset: str, extra: list[str]) -> dict[str, A
     return {"overrides": overrides, "seconds": round(seconds, 1), "table": result["evaluation"]["table"],
             "curve": result["model"]["curve"], "model_key": result["model"]["key"], "llm": result["llm"],
             "index_key": result["index_key"], "registry": result["registry"],
+            "label_keys": result["label_keys"], "loss_keys": result["loss_keys"],
             "finetunes_computed": result["finetunes_computed"], "finetunes_skipped": result["finetunes_skipped"]}
+
+
+def _run_inputs(config_path: str, run: dict[str, Any]):
+    """The typed config, index, records and benchmark of a finished pipeline run."""
+    from airrep.assemble import benchmark_data
+    from flows.label_generation import config_dict
+    from tasks.common import records_by_id, store_for, typed
+    from tasks.labels import load_index, npy_load
+
+    config = config_dict(config_path, run["overrides"])
+    cfg = typed(config)
+    index = load_index(config, run["index_key"])
+    by_id = records_by_id(cfg)
+    store = store_for(cfg)
+    losses = np.stack([npy_load(store.get_bytes(k)) for k in run["loss_keys"]])
+    return config, cfg, index, by_id, benchmark_data(index, by_id, losses, None)
+
+
+def base_lm_report(config_path: str, run: dict[str, Any]) -> dict[str, Any]:
+    """What the base LM is: how it was pretrained, its loss on the benchmark's test examples
+    (response tokens) before any fine-tune, and their mean loss after the held-out fine-tunes."""
+    from airrep.finetune import make_accelerator, per_example_loss, tokenize_records
+    from airrep.llm import load_base_llm
+    from tasks.labels import local_llm_path
+
+    config, cfg, _, _, bench = _run_inputs(config_path, run)
+    path = Path(local_llm_path(config, run["llm"]))
+    model, tokenizer = load_base_llm(str(path), cfg.base_llm)
+    examples = tokenize_records(tokenizer, bench.test, cfg.finetune.max_length)
+    before = per_example_loss(model, examples, tokenizer.pad_token_id, cfg.finetune.eval_batch_size,
+                              make_accelerator(cfg.finetune.precision))
+    pretraining = json.loads((path / "pretraining.json").read_text()) if (path / "pretraining.json").exists() else {}
+    return {"parameters": sum(p.numel() for p in model.parameters()), "pretraining": pretraining,
+            "test_loss_base": float(before.mean()), "test_loss_finetuned": float(bench.losses.mean()),
+            "fingerprint": run["llm"]["fingerprint"]}
+
+
+def scaling_curve(config_path: str, run: dict[str, Any], sizes: list[int]) -> dict[str, Any]:
+    """AirRep trained on the first ``n`` training splits, for each ``n`` in ``sizes`` (plus the
+    pipeline's own model on all of them), each validated on the same held-out splits and
+    scored by LDS on the benchmark: how many labelled subsets and texts are worth having."""
+    from airrep.assemble import training_splits
+    from airrep.evaluate import embedding_scores, group_lds
+    from airrep.train import train_airrep
+    from tasks.labels import load_label_split
+
+    config, cfg, index, by_id, bench = _run_inputs(config_path, run)
+    splits = training_splits(index, by_id, [load_label_split(config, k) for k in run["label_keys"]])
+    n_train = len(splits) - cfg.train.validation_splits
+    held_out = splits[n_train:]
+    full = next(r for r in run["table"]["rows"] if r["method"] == "airrep")
+    points = []
+    for n in sorted({n for n in sizes if 0 < n < n_train}) + [n_train]:
+        chosen = splits[:n]
+        if n == n_train:  # the pipeline's own model: trained on all of them already
+            curve, value, seconds = run["curve"], full["lds"], run["curve"]["seconds"]
+        else:
+            start = time.perf_counter()
+            trained, trained_curve = train_airrep([*chosen, *held_out], cfg.train, show_progress_bar=False)
+            sims, _ = embedding_scores(trained, bench.test, bench.pool)
+            value, seconds = group_lds(sims, bench, "attention"), time.perf_counter() - start
+            curve = {"eval_step": trained_curve.eval_step, "eval_lds": trained_curve.eval_lds,
+                     "best_step": trained_curve.best_step}
+        points.append({
+            "training_splits": n, "labelled_subsets": sum(len(s.subsets) for s in chosen),
+            "distinct_texts": len({t for s in chosen for t in (*s.dev_texts, *s.pool_texts)}),
+            "labels": sum(s.labels.size for s in chosen), "benchmark_lds": value,
+            "validation_lds": max(curve["eval_lds"]) if curve["eval_lds"] else None,
+            "kept_step": curve.get("best_step"), "seconds": round(seconds, 1)})
+        log.info("scaling: %d training splits -> benchmark LDS %.4f", n, value)
+    return {"points": points, "validation_splits": cfg.train.validation_splits}
 
 
 def task_classification(config_path: str, run: dict[str, Any]) -> dict[str, Any]:
@@ -149,20 +221,57 @@ def plot_lds(results: dict[str, Any], path: Path) -> None:
 
 
 def plot_curves(results: dict[str, Any], path: Path) -> None:
-    """AirRep's training loss and pair accuracy per step, per dataset."""
+    """AirRep's training loss, training pair accuracy and validation LDS per step, per dataset."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, (loss_ax, acc_ax, val_ax) = plt.subplots(1, 3, figsize=(15, 3.6))
     for name, data in results["datasets"].items():
         curve = data["curve"]
         loss_ax.plot(curve["step"], _smooth(curve["loss"]), label=name)
         acc_ax.plot(curve["step"], _smooth(curve["pair_accuracy"]), label=name)
+        if curve.get("eval_step"):
+            line = val_ax.plot(curve["eval_step"], [100 * v for v in curve["eval_lds"]], marker=".", label=name)
+            if curve.get("best_step") is not None:
+                best = curve["eval_step"].index(curve["best_step"])
+                val_ax.plot([curve["best_step"]], [100 * curve["eval_lds"][best]], "o", mfc="none", ms=10,
+                            color=line[0].get_color())
     loss_ax.set(xlabel="step", ylabel="weighted RankNet loss (10-step mean)")
     acc_ax.set(xlabel="step", ylabel="training pair accuracy (10-step mean)")
+    val_ax.set(xlabel="step", ylabel="validation LDS × 100 (held-out splits)")
+    val_ax.set_title("circled: the kept step", fontsize=9)
     loss_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_scaling(results: dict[str, Any], path: Path) -> None:
+    """Benchmark LDS of AirRep against the labelled subsets it was trained on, per dataset,
+    with the dataset's TF-IDF and untrained encoder as horizontal references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, d in results["datasets"].items() if d.get("scaling")]
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        data = results["datasets"][name]
+        points = data["scaling"]["points"]
+        ax.plot([p["labelled_subsets"] for p in points], [100 * p["benchmark_lds"] for p in points], "o-",
+                color="tab:red", label="AirRep (benchmark)")
+        if all(p["validation_lds"] is not None for p in points):
+            ax.plot([p["labelled_subsets"] for p in points], [100 * p["validation_lds"] for p in points], "s--",
+                    color="tab:red", alpha=0.5, label="AirRep (validation splits)")
+        rows = {r["method"]: r["lds"] for r in data["table"]["rows"]}
+        for method, style in (("tfidf", ":"), ("encoder", "-.")):
+            if rows.get(method) is not None and np.isfinite(rows[method]):
+                ax.axhline(100 * rows[method], ls=style, color="gray", label=method)
+        ax.set(xlabel="labelled subsets used for training", ylabel="LDS × 100", title=name)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -217,11 +326,18 @@ def results_markdown(results: dict[str, Any], config_path: str, extra: list[str]
         "what each computed and what it reused from an earlier run).",
         f"- Base LM: a Llama-architecture LM (hidden {cfg.base_llm.tiny.hidden_size}, "
         f"{cfg.base_llm.tiny.num_layers} layers, vocabulary {cfg.base_llm.tiny.vocab_size}) pretrained by the "
-        f"pipeline on {s.pretrain_size} records of the same dataset that no split or benchmark uses.",
+        "pipeline " + ("once for both datasets on the general corpus: ShareGPT's later turns and the reserved "
+                       "Natural Instructions subtasks, text that no record of either dataset holds (see Base LM below)."
+                       if cfg.base_llm.tiny.corpus == "general" else
+                       f"on {s.pretrain_size} records of the same dataset that no split or benchmark uses."),
         f"- Labels: {s.n_splits} cross-validation splits × {s.n_subsets} subsets of {s.subset_size} from a pool of "
         f"{s.n_pool}; {s.n_dev} dev examples per split; fine-tune {cfg.finetune.epochs} epochs, lr {cfg.finetune.lr}.",
-        f"- AirRep: MiniLM-L6 (384-d), top {cfg.train.trainable_layers} layers and the projection trained for "
-        f"{cfg.train.steps} steps ({cfg.train.topk} subsets × {cfg.train.reference_size} dev examples per step).",
+        f"- AirRep: MiniLM-L6 (384-d), top {cfg.train.trainable_layers} layers, the projection and the scale "
+        f"trained for up to {cfg.train.steps} steps ({cfg.train.topk} subsets × {cfg.train.reference_size} dev "
+        f"examples per step); the last {cfg.train.validation_splits} splits are held out for validation every "
+        f"{cfg.train.eval_every} steps, the best step is kept"
+        + (f" and training stops after {cfg.train.patience} evaluations without improvement." if cfg.train.patience
+           else "."),
         f"- Benchmark: {b.n_test} test examples, a pool of {b.n_pool}, {b.n_subsets} held-out subsets of "
         f"{b.subset_size}, disjoint (by conversation or input group) from everything used for training. Each subset "
         "is fine-tuned twice with independent seeds; the noise ceiling is the LDS of predicting the first run's "
@@ -256,9 +372,15 @@ def results_markdown(results: dict[str, Any], config_path: str, extra: list[str]
               "![AirRep training curves](results/quality-training.png)", ""]
     for name in names:
         data = results["datasets"][name]
+        curve = data["curve"]
+        kept = (f", kept step {curve['best_step']} of {curve['step'][-1]} (validation LDS×100 "
+                f"{100 * max(curve['eval_lds']):.2f})") if curve.get("best_step") is not None else ""
         lines.append(f"- {name}: pipeline {data['seconds'] / 60:.1f} min, {data['finetunes_computed']} fine-tunes run "
-                     f"({data['finetunes_skipped']} reused), AirRep training {data['curve']['seconds'] / 60:.1f} min, "
-                     f"final training pair accuracy {np.mean(data['curve']['pair_accuracy'][-10:]):.3f}.")
+                     f"({data['finetunes_skipped']} reused), AirRep training {curve['seconds'] / 60:.1f} min "
+                     f"(frozen layers once: {curve.get('cache_seconds', 0):.0f} s){kept}, final training pair "
+                     f"accuracy {np.mean(curve['pair_accuracy'][-10:]):.3f}.")
+    lines += base_lm_markdown(results)
+    lines += scaling_markdown(results)
     classification = results.get("classification")
     if classification:
         lines += ["", "## Task classification (Natural Instructions)", "",
@@ -272,6 +394,61 @@ def results_markdown(results: dict[str, Any], config_path: str, extra: list[str]
         lines += ["", "Paper: AirRep, GTE-small (untrained) and LoGra's 18432-d gradient features."]
         lines += ["", "![Task classification](results/quality-classification.png)"]
     return "\n".join(lines) + "\n"
+
+
+def base_lm_markdown(results: dict[str, Any]) -> list[str]:
+    """The base LM section: pretraining, and the benchmark test loss before and after fine-tuning,
+    beside the same figures for the LM of a comparison run (``--compare``) when there is one."""
+    runs = [(name, data["base_lm"]) for name, data in results["datasets"].items() if data.get("base_lm")]
+    if not runs:
+        return []
+    lines = ["", "## Base LM", "", "| dataset | LM | parameters | pretraining tokens | pretraining min | "
+             "test loss, base | test loss, after a subset fine-tune |", "|---|---|---|---|---|---|---|"]
+    comparison = results.get("comparison", {})
+    for name, info in runs:
+        rows = [("this run", info)]
+        other = comparison.get("datasets", {}).get(name, {}).get("base_lm")
+        if other:
+            rows.append((comparison.get("label", "comparison"), other))
+        for label, lm in rows:
+            pre = lm.get("pretraining", {})
+            lines.append(f"| {name} | {label} ({pre.get('corpus', '?')}) | {lm['parameters'] / 1e6:.2f}M | "
+                         f"{pre.get('tokens', 0) / 1e6:.1f}M | {pre.get('seconds', 0) / 60:.0f} | "
+                         f"{lm['test_loss_base']:.3f} | {lm['test_loss_finetuned']:.3f} |")
+    if comparison:
+        lines += ["", f"LDS × 100 with each base LM ({comparison.get('label', 'comparison')}: "
+                  f"`{' '.join(comparison.get('overrides', []))}`):", "",
+                  "| method | " + " | ".join(f"{n}: this run | {n}: {comparison.get('label', 'comparison')}"
+                                             for n in results["datasets"]) + " |",
+                  "|---|" + "---|---|" * len(results["datasets"])]
+        methods = [r["method"] for r in next(iter(results["datasets"].values()))["table"]["rows"]]
+        for method in methods:
+            cells = []
+            for name, data in results["datasets"].items():
+                for table in (data["table"], comparison.get("datasets", {}).get(name, {}).get("table")):
+                    row = next((r for r in (table or {}).get("rows", []) if r["method"] == method), None)
+                    cells.append(f"{100 * row['lds']:.2f}" if row and row["lds"] is not None
+                                 and np.isfinite(row["lds"]) else "-")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def scaling_markdown(results: dict[str, Any]) -> list[str]:
+    names = [n for n, d in results["datasets"].items() if d.get("scaling")]
+    if not names:
+        return []
+    lines = ["", "## How many labelled subsets? (scaling curve)", "",
+             "AirRep trained on the first n training splits, validated on the same held-out splits, scored on the "
+             "benchmark. The largest point is the pipeline's own model.", "",
+             "| dataset | training splits | labelled subsets | distinct texts | labels | validation LDS×100 | "
+             "benchmark LDS×100 | training s |", "|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        for p in results["datasets"][name]["scaling"]["points"]:
+            val = "-" if p["validation_lds"] is None else f"{100 * p['validation_lds']:.2f}"
+            lines.append(f"| {name} | {p['training_splits']} | {p['labelled_subsets']} | {p['distinct_texts']} | "
+                         f"{p['labels']} | {val} | {100 * p['benchmark_lds']:.2f} | {p['seconds']:.0f} |")
+    lines += ["", "![Scaling](results/quality-scaling.png)"]
+    return lines
 
 
 def log_to_mlflow(config_path: str, extra: list[str], results: dict[str, Any], files: list[Path]) -> None:
@@ -312,11 +489,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--report-only", action="store_true",
                         help="re-draw the plots and RESULTS.md from OUT/quality.json without running anything")
     parser.add_argument("--markdown", default=str(ROOT / "RESULTS.md"), help="report file (default: %(default)s)")
+    parser.add_argument("--scaling", default="2,6", metavar="N,N,...",
+                        help="also train AirRep on the first N training splits, for the scaling curve "
+                             "(default: %(default)s; empty: none)")
+    parser.add_argument("--compare", metavar="LABEL",
+                        help="run every dataset again with --compare-set overrides (e.g. another base LM) and "
+                             "add its tables to OUT/quality.json beside the main run's, which is kept as it is")
+    parser.add_argument("--compare-set", dest="compare_overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override for the --compare run (repeatable)")
     args = parser.parse_args(argv)
     setup_logging(verbose=False)  # the CLI's format and quieted loggers
     ensure_prefect_home()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.compare:
+        results = json.loads((out / "quality.json").read_text())
+        start = time.perf_counter()
+        comparison = {"label": args.compare, "overrides": args.compare_overrides, "datasets": {}}
+        for dataset in args.datasets.split(","):
+            log.info("comparison %s on %s", args.compare, dataset)
+            run = run_dataset(args.config, dataset, [*args.overrides, *args.compare_overrides])
+            run["base_lm"] = base_lm_report(args.config, run)
+            comparison["datasets"][dataset] = run
+        comparison["seconds"] = round(time.perf_counter() - start, 1)
+        results["comparison"] = comparison
+        (out / "quality.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+        write_report(results, args, out)
+        return results
     if args.report_only:
         results = json.loads((out / "quality.json").read_text())
         results["paper"] = PAPER  # reference figures only; the measurements are untouched
@@ -326,6 +525,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     results: dict[str, Any] = {"config": args.config, "overrides": args.overrides, "machine": machine(),
                                "datasets": {}, "paper": PAPER}
+    if (out / "quality.json").exists() and "comparison" in json.loads((out / "quality.json").read_text()):
+        # A --compare run is measured on its own (another base LM, say) and kept until rerun.
+        results["comparison"] = json.loads((out / "quality.json").read_text())["comparison"]
     if args.keep_others and (out / "quality.json").exists():
         previous = json.loads((out / "quality.json").read_text())
         results["datasets"] = {k: v for k, v in previous["datasets"].items() if k not in args.datasets.split(",")}
@@ -334,7 +536,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["previous_seconds"] = previous.get("seconds", 0) + previous.get("previous_seconds", 0)
     for dataset in args.datasets.split(","):
         log.info("benchmark %s: %s", dataset, DATASETS.get(dataset, dataset))
-        results["datasets"][dataset] = run_dataset(args.config, dataset, args.overrides)
+        run = results["datasets"][dataset] = run_dataset(args.config, dataset, args.overrides)
+        run["base_lm"] = base_lm_report(args.config, run)
+        sizes = [int(n) for n in args.scaling.split(",") if n.strip()]
+        if sizes:
+            run["scaling"] = scaling_curve(args.config, run, sizes)
         if dataset == "natural_instructions":
             results["classification"] = task_classification(args.config, results["datasets"][dataset])
     results["seconds"] = round(time.perf_counter() - start, 1)
@@ -350,6 +556,9 @@ def write_report(results: dict[str, Any], args: argparse.Namespace, out: Path) -
     files = [out / "quality.json", out / "quality-lds.png", out / "quality-training.png"]
     plot_lds(results, files[1])
     plot_curves(results, files[2])
+    if any(d.get("scaling") for d in results["datasets"].values()):
+        files.append(out / "quality-scaling.png")
+        plot_scaling(results, files[-1])
     if results.get("classification"):
         files.append(out / "quality-classification.png")
         plot_classification(results["classification"], files[-1])
