@@ -30,9 +30,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from airrep.atomic import write_text_atomic
 from airrep.config import DataConfig
 from airrep.data import CorpusError, LoadReport, Record, format_example, read_jsonl, write_jsonl
-from airrep.atomic import write_text_atomic
 from airrep.paths import cache_dir
 
 log = logging.getLogger(__name__)

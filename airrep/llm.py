@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from airrep.config import BaseLLMConfig, FinetuneConfig
+from airrep.config import BaseLLMConfig
 from airrep.data import Record, format_record
 from airrep.paths import cache_dir
 from airrep.transformers_lock import TRANSFORMERS_LOCK

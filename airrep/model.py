@@ -165,7 +165,8 @@ class AirRepModel(PreTrainedModel):
         """Blocks ``start:stop`` of the encoder on ``hidden``, masked as the encoder itself masks."""
         from transformers.masking_utils import create_bidirectional_mask
 
-        mask = create_bidirectional_mask(config=self.encoder.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        mask = create_bidirectional_mask(config=self.encoder.config, inputs_embeds=hidden,
+                                         attention_mask=attention_mask)
         for block in list(self.blocks())[start:stop]:
             hidden = block(hidden, mask)
         return hidden

@@ -171,7 +171,8 @@ def activation_bytes(model: AirRepModel, n_tokens: int, start: int | None, preci
     encoder = model.config.encoder
     n_blocks = len(model.blocks())
     trained = n_blocks - (start if start is not None else 0)
-    per_token = 16 * encoder["hidden_size"] + 2 * encoder["intermediate_size"] + 3 * encoder["num_attention_heads"] * 128
+    per_token = (16 * encoder["hidden_size"] + 2 * encoder["intermediate_size"]
+                 + 3 * encoder["num_attention_heads"] * 128)
     size = 2 if resolve_precision(precision) == "bf16" else 4
     return int(n_tokens * max(trained, 0) * per_token * size) + n_tokens * encoder["hidden_size"] * size
 
@@ -305,7 +306,6 @@ def train_airrep(
     model.log_scale.requires_grad_(config.train_scale)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_train = len(splits) - config.validation_splits
-    train_splits, held_out = list(splits[:n_train]), list(splits[n_train:])
 
     texts = [t for s in splits for t in (*s.dev_texts, *s.pool_texts)]
     bank = TextBank(airrep.tokenizer, texts, config.max_tokens)
@@ -367,7 +367,8 @@ def train_airrep(
             log.info("step %d/%d: loss %.4f, pair accuracy %.3f, %.0f s", step, config.steps,
                      float(np.mean(curve.loss[-10:])), float(np.mean(curve.pair_accuracy[-10:])),
                      time.perf_counter() - start)
-        if held_out_prepared and accelerator.is_main_process and (step % config.eval_every == 0 or step == config.steps):
+        due = step % config.eval_every == 0 or step == config.steps
+        if held_out_prepared and accelerator.is_main_process and due:
             value = validation_lds(model, bank, held_out_prepared, config)
             curve.eval_step.append(step)
             curve.eval_lds.append(value)

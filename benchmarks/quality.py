@@ -35,7 +35,8 @@ log = logging.getLogger("benchmarks.quality")
 
 DATASETS = {
     "sharegpt": "ShareGPT (general chat; first human turn and the reply)",
-    "natural_instructions": "Natural Instructions v1 from bigbench (41 task-labelled subtasks; 20 more reserved for pretraining)",
+    "natural_instructions": "Natural Instructions v1 from bigbench "
+                            "(41 task-labelled subtasks; 20 more reserved for pretraining)",
 }
 # The paper's Table (LDS×100, Qwen2.5-0.5B) on the datasets nearest ours: Tulu (chat, like
 # ShareGPT) and FLAN (task-labelled instructions, like Natural Instructions). The ablation rows
@@ -335,7 +336,8 @@ def results_markdown(results: dict[str, Any], config_path: str, extra: list[str]
         f"- AirRep: the first {cfg.train.encoder_layers or 6} of MiniLM-L6's 6 blocks (384-d)"
         + (", L2-normalised embeddings times a learnable scale (its start picked on validation from "
            f"{cfg.train.scale_candidates or [cfg.train.initial_scale]})" if cfg.train.normalize else "")
-        + ("; every block" if cfg.train.trainable_layers is None else f"; the top {cfg.train.trainable_layers} block(s)")
+        + ("; every block" if cfg.train.trainable_layers is None
+           else f"; the top {cfg.train.trainable_layers} block(s)")
         + ", the projection and the scale "
         f"trained for up to {cfg.train.steps} steps ({cfg.train.topk} subsets × {cfg.train.reference_size} dev "
         f"examples per step); the last {cfg.train.validation_splits} splits are held out for validation every "
