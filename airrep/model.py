@@ -86,8 +86,7 @@ class AirRepModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         if module is self and hasattr(self, "log_scale"):
-            with torch.no_grad():  # dot products scale with the square of the embeddings' scale
-                self.log_scale.fill_(0.5 * math.log(self.config.initial_scale))
+            self.set_scale(self.config.initial_scale)
         if module is getattr(self, "projection", None):
             with torch.no_grad():
                 if module.in_features == module.out_features:
@@ -176,6 +175,12 @@ class AirRepModel(PreTrainedModel):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # masked mean, (batch, hidden)
         return self.head(pooled)
+
+    @torch.no_grad()
+    def set_scale(self, scale: float) -> None:
+        """Make dot products of two embeddings ``scale`` times what they are at scale 1: each
+        embedding is multiplied by ``exp(log_scale)``, so ``log_scale`` is half of ``ln(scale)``."""
+        self.log_scale.fill_(0.5 * math.log(scale))
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         """Projection, then (when configured) L2 normalisation, then the scale."""

@@ -244,12 +244,10 @@ def _pick_scale(model: AirRepModel, bank: TextBank, held_out: Sequence, config: 
     """
     values = {}
     for scale in config.scale_candidates:
-        with torch.no_grad():
-            model.log_scale.fill_(0.5 * float(np.log(scale)))
+        model.set_scale(scale)
         values[scale] = validation_lds(model, bank, held_out, config)
     best = max(values, key=values.get)
-    with torch.no_grad():
-        model.log_scale.fill_(0.5 * float(np.log(best)))
+    model.set_scale(best)
     log.info("starting scale %g (validation LDS by scale: %s)", best,
              ", ".join(f"{k:g}: {v:.4f}" for k, v in values.items()))
     return float(best)
