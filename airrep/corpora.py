@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from airrep.atomic import write_text_atomic
 from airrep.config import DataConfig
 from airrep.data import CorpusError, LoadReport, Record, format_example, read_jsonl, write_jsonl
-from airrep.paths import cache_dir
+from airrep.paths import cache_dir, cache_lock
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def _read_cache(cached: Path, meta_path: Path, report: LoadReport) -> list[Recor
 
 def _write_cache(records: list[Record], cached: Path, meta_path: Path, report: LoadReport, **extra: int) -> None:
     write_jsonl(records, cached)
-    meta_path.write_text(json.dumps({
+    write_text_atomic(meta_path, json.dumps({
         "truncated_bytes": report.truncated_bytes, "truncated_records": report.truncated_records,
         "bad_records": report.bad_records, **extra,
     }))
@@ -201,6 +201,13 @@ def bigbench_archive(version: str = BIGBENCH_VERSION) -> Path:
     archive = target / f"bigbench-{version}.tar.gz"
     if archive.exists():
         return archive
+    with cache_lock(archive):
+        if not archive.exists():
+            _fetch_bigbench(archive)
+    return archive
+
+
+def _fetch_bigbench(archive: Path) -> None:
     index = os.environ.get("PIP_INDEX_URL", PYPI_SIMPLE).rstrip("/")
     try:
         entry = _index_file(index, "bigbench", archive.name)
@@ -211,7 +218,6 @@ def bigbench_archive(version: str = BIGBENCH_VERSION) -> Path:
             f"could not download {archive.name} from {index} ({error}); place the sdist at {archive} "
             "by hand, set PIP_INDEX_URL to a reachable mirror, or choose data.source: sharegpt"
         ) from error
-    return archive
 
 
 def _index_file(index: str, project: str, filename: str) -> dict[str, Any]:

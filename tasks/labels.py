@@ -27,7 +27,7 @@ from airrep.finetune import finetune_and_evaluate
 from airrep.label_generation import finetune_key
 from airrep.labels import normalize
 from airrep.llm import fingerprint, load_base_llm, resolve_base_llm
-from airrep.paths import cache_dir
+from airrep.paths import cache_dir, cache_lock
 from airrep.sampling import SamplingError, SubsetIndex, sample_index
 from infra.storage import content_key, safe_key
 from tasks.common import records_by_id, store_for, typed
@@ -151,8 +151,9 @@ def local_llm_path(config: dict[str, Any], llm: dict[str, str]) -> str:
     if not llm["key"] or _is_dir(llm["path"]):
         return llm["path"]
     target = cache_dir("models", llm["fingerprint"].replace(":", "-"))
-    if not (target / "config.json").exists():
-        store_for(typed(config)).get_dir(llm["key"], target)
+    with cache_lock(target):
+        if not (target / "config.json").exists():
+            store_for(typed(config)).get_dir(llm["key"], target)
     return str(target)
 
 

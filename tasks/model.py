@@ -18,7 +18,7 @@ from airrep.assemble import benchmark_data, build_methods, training_splits
 from airrep.evaluate import embedding_scores, evaluate_methods, group_lds
 from airrep.llm import fingerprint
 from airrep.model import AirRep
-from airrep.paths import cache_dir
+from airrep.paths import cache_dir, cache_lock
 from airrep.train import train_airrep
 from infra.storage import content_key, safe_key
 from tasks.common import records_by_id, store_for, typed
@@ -56,8 +56,9 @@ def train_airrep_task(config: dict[str, Any], index_key: str, label_keys: list[s
 def fetch_model_dir(config: dict[str, Any], key: str) -> Path:
     """A published model directory on this machine (downloaded once into the cache)."""
     target = cache_dir("airrep-models", key.replace("/", "_"))
-    if not (target / "config.json").exists():
-        store_for(typed(config)).get_dir(key, target)
+    with cache_lock(target):
+        if not (target / "config.json").exists():
+            store_for(typed(config)).get_dir(key, target)
     return target
 
 

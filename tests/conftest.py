@@ -61,6 +61,13 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """End-to-end (``slow``) tests first: with several test processes (pytest-xdist), the
+    long runs start at once and the short tests fill in around them, instead of one long
+    run starting last and holding up the whole suite."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @dataclass
 class TinyModel:
     model: LlamaForCausalLM
@@ -204,7 +211,9 @@ MICRO = [
     "base_llm.tiny.vocab_size=2000", "base_llm.tiny.hidden_size=64", "base_llm.tiny.intermediate_size=256",
     "base_llm.tiny.num_heads=2", "base_llm.tiny.lr=3e-3", "finetune.max_length=128",
     "train.steps=3", "train.eval_every=3", "train.reference_size=8", "train.topk=4", "train.max_tokens=64",
-    "evaluate.methods=[airrep,airrep-sum,encoder,encoder-sum,tfidf,tfidf-sum,logra]",
+    # AirRep and one baseline, no repeated benchmark fine-tunes: what the orchestration and
+    # fault tests need. test_pipeline adds every method and the noise ceiling (full_evaluation).
+    "evaluate.methods=[airrep,tfidf]", "evaluate.noise_ceiling=false",
     "evaluate.gradient_proj_dim={logra: 64}", "orchestration.task_retry_delay_seconds=0",
     "orchestration.max_workers=1",  # in-process, no worker start per fan-out (test_fanout_runners runs several)
 ]
@@ -216,6 +225,13 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def full_evaluation() -> list[str]:
+    """Overrides that make the micro pipeline evaluate every CPU method and the noise ceiling."""
+    return ["evaluate.methods=[airrep,airrep-sum,encoder,encoder-sum,tfidf,tfidf-sum,logra]",
+            "evaluate.noise_ceiling=true"]
 
 
 @pytest.fixture

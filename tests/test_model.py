@@ -87,6 +87,7 @@ def test_bf16_copy_follows_in_place_weight_updates(tiny_airrep):
     np.testing.assert_allclose(after, 2 * before, rtol=1e-2, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_compiled_encode_matches_eager(tiny_airrep):
     """``compile=True`` (torch.compile, dynamic shapes, frozen weights) gives the eager model's
     embeddings for batches of several lengths and sizes, and still does after an in-place

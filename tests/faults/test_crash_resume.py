@@ -19,6 +19,8 @@ import torch
 from flows.label_generation import label_generation
 from infra.storage import MARKER_SUFFIX
 
+pytestmark = pytest.mark.slow  # end to end: scheduled first (conftest)
+
 ROOT = Path(__file__).resolve().parents[2]
 N_SUBSETS = 6  # per split; 2 splits -> 12 fine-tunes
 KILL_AFTER = 4

@@ -124,6 +124,7 @@ def test_killed_directory_upload_is_never_published(s3_env, s3_server, fault_pro
     assert not (tmp_path / "download").exists()
 
 
+@pytest.mark.slow
 def test_pipeline_completes_on_a_flaky_store(micro_overrides, s3_env, s3_server, fault_proxy, raw_bucket,
                                              monkeypatch, log_messages):
     from flows.pipeline import pipeline
@@ -157,8 +158,8 @@ def test_pipeline_completes_on_a_flaky_store(micro_overrides, s3_env, s3_server,
     store = open_store(s3_env)
     assert store.exists(result["model"]["key"]) and store.exists(result["index_key"])
     # Nothing lost: every fine-tune the micro pipeline makes (2 splits x 4 subsets, 4 held-out
-    # subsets x 2 seeds) is published.
-    assert sum(k.startswith("finetunes/") for k in markers) == 16
-    assert result["finetunes_computed"] + result["finetunes_skipped"] == 16
+    # subsets) is published.
+    assert sum(k.startswith("finetunes/") for k in markers) == 12
+    assert result["finetunes_computed"] + result["finetunes_skipped"] == 12
     print(f"flaky store: {proxy.log.requests} requests, injected {dict(proxy.log.injected)}, "
           f"{len(retries)} failed attempts logged, {len(markers)} artifacts / {checked} files verified")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from mlflow import MlflowClient
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -15,6 +16,8 @@ from flows.label_generation import config_dict, label_generation
 from flows.pipeline import pipeline
 from infra import tracking
 from tasks.model import register_and_promote, train_airrep_task
+
+pytestmark = pytest.mark.slow  # end to end: scheduled first (conftest)
 
 
 def _champions(client: MlflowClient, name: str) -> list[str]:

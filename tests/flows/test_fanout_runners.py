@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
@@ -16,6 +17,8 @@ from airrep.labels import normalize
 from flows.label_generation import label_generation
 from flows.runners import local_cluster_kwargs, task_runner
 from flows.worker_gpu import gpu_for_worker
+
+pytestmark = pytest.mark.slow  # end to end: scheduled first (conftest)
 
 
 def test_one_local_worker_runs_in_process_and_more_are_processes(monkeypatch):

@@ -8,6 +8,7 @@ import math
 import boto3
 import mlflow
 import pandas as pd
+import pytest
 
 from airrep.config import load_config
 from airrep.data import format_example
@@ -18,8 +19,11 @@ from infra import tracking
 from infra.storage import open_store
 from tasks.common import records_by_id
 
+pytestmark = pytest.mark.slow  # end to end: scheduled first (conftest)
 
-def test_pipeline_end_to_end_resumes_and_serves(micro_overrides, capsys):
+
+def test_pipeline_end_to_end_resumes_and_serves(micro_overrides, full_evaluation, capsys):
+    micro_overrides = micro_overrides + full_evaluation
     first = pipeline("configs/tiny.yaml", micro_overrides)
     config = load_config("configs/tiny.yaml", micro_overrides)
     name = tracking.registered_model_name(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 from mlflow import MlflowClient
 
 from airrep.config import FinetuneConfig, load_config
@@ -15,6 +16,8 @@ from flows.pipeline import pipeline
 from flows.watch_base_llm import watch_base_llm
 from infra import tracking
 from tasks.common import records_by_id
+
+pytestmark = pytest.mark.slow  # end to end: scheduled first (conftest)
 
 
 def one_more_pretraining_step(model_dir, config) -> None:
