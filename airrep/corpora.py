@@ -30,7 +30,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from airrep.atomic import write_text_atomic
+from airrep.atomic import atomic_path, write_text_atomic
 from airrep.config import DataConfig
 from airrep.data import CorpusError, LoadReport, Record, format_example, read_jsonl, write_jsonl
 from airrep.paths import cache_dir, cache_lock
@@ -235,9 +235,8 @@ def _index_file(index: str, project: str, filename: str) -> dict[str, Any]:
 
 def _download_verified(url: str, sha256: str, path: Path) -> None:
     """Download ``url`` to ``path`` through a temporary file, published only if its sha256 matches."""
-    partial = path.with_name(path.name + ".part")
     digest = hashlib.sha256()
-    try:
+    with atomic_path(path) as partial:
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out, \
                 tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B",
                      unit_scale=True, desc=path.name) as progress:
@@ -247,9 +246,6 @@ def _download_verified(url: str, sha256: str, path: Path) -> None:
                 progress.update(len(chunk))
         if digest.hexdigest() != sha256:
             raise ValueError(f"sha256 of the download is {digest.hexdigest()}, the index says {sha256}")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def natural_instruction_records(task: str, payload: dict[str, Any], where: str) -> list[Record]:

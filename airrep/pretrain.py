@@ -116,7 +116,7 @@ def pretrain_lm(
 
 def _checkpoint(model: nn.Module, optimizer, schedule, step: int, folder: str | Path) -> None:
     """Weights as safetensors, optimizer and schedule state as plain tensors and numbers."""
-    from airrep.atomic import write_bytes_atomic
+    from airrep.atomic import atomic_path, write_bytes_atomic
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -124,9 +124,8 @@ def _checkpoint(model: nn.Module, optimizer, schedule, step: int, folder: str | 
     for index, param_state in optimizer.state_dict()["state"].items():
         for name, value in param_state.items():
             state[f"optim.{index}.{name}"] = torch.as_tensor(value).clone()
-    temp = folder / "checkpoint.safetensors.partial"
-    save_file(state, str(temp), metadata={"step": str(step), "schedule": str(schedule.last_epoch)})
-    temp.replace(folder / "checkpoint.safetensors")
+    with atomic_path(folder / "checkpoint.safetensors") as temp:
+        save_file(state, str(temp), metadata={"step": str(step), "schedule": str(schedule.last_epoch)})
     write_bytes_atomic(folder / "checkpoint.step", str(step).encode())
 
 

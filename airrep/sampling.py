@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from airrep.atomic import write_text_atomic
 from airrep.config import SamplingConfig
 from airrep.data import Record
 
@@ -70,10 +71,7 @@ class SubsetIndex:
         )
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        write_text_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> SubsetIndex:

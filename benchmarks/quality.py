@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -558,6 +557,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def write_report(results: dict[str, Any], args: argparse.Namespace, out: Path) -> list[Path]:
+    from airrep.atomic import write_text_atomic
+
     """The plots and RESULTS.md (generated tables, then benchmarks/discussion.md); their paths."""
     files = [out / "quality.json", out / "quality-lds.png", out / "quality-training.png"]
     plot_lds(results, files[1])
@@ -573,9 +574,7 @@ def write_report(results: dict[str, Any], args: argparse.Namespace, out: Path) -
     text = results_markdown(results, results.get("config", args.config), results.get("overrides", args.overrides))
     if discussion.exists():
         text += "\n" + discussion.read_text()
-    tmp = report.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    shutil.move(tmp, report)
+    write_text_atomic(report, text)
     return [*files, report]
 
 

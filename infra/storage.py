@@ -52,13 +52,14 @@ import os
 import re
 import shutil
 import threading
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path, PurePath
 from typing import Any
 from urllib.parse import quote, unquote, urlparse
+
+from airrep.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -200,10 +201,6 @@ def _sha256_bytes(data: bytes) -> FileRecord:
     return FileRecord(hashlib.sha256(data).hexdigest(), len(data))
 
 
-def _temp_beside(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-
-
 def _dir_files(directory: Path) -> dict[str, Path]:
     """Every file under ``directory`` by its relative ``/``-path (symlinked files followed)."""
     files: dict[str, Path] = {}
@@ -336,17 +333,12 @@ class ArtifactStore(ABC):
         return data
 
     def _download_verified(self, key: str, name: str, expected: dict[str, Any], dest: Path) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        temp = _temp_beside(dest)
-        try:
+        with atomic_path(dest) as temp:
             try:
                 self._download_payload(name, temp)
             except FileNotFoundError as exc:
                 raise _corrupt(key, f"its marker lists {name!r} but that object is missing") from exc
             _check_record(key, name, _sha256_file(temp), expected)
-            os.replace(temp, dest)
-        finally:
-            temp.unlink(missing_ok=True)
 
     # ---- public API ----
 
@@ -459,9 +451,8 @@ class LocalArtifactStore(ArtifactStore):
 
     def _atomic_write(self, path: Path, source: bytes | Path) -> FileRecord:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp = _temp_beside(path)
-        try:
-            digest, size = hashlib.sha256(), 0
+        digest, size = hashlib.sha256(), 0
+        with atomic_path(path) as temp:
             with open(temp, "wb") as out:
                 reader = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
                 with reader:
@@ -471,9 +462,6 @@ class LocalArtifactStore(ArtifactStore):
                         size += len(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(temp, path)
-        finally:
-            temp.unlink(missing_ok=True)
         _fsync_dir(path.parent)
         return FileRecord(digest.hexdigest(), size)
 
