@@ -8,9 +8,10 @@ from airrep.config import ConfigError, PipelineConfig, load_config, save_config
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 PAPER = ROOT / "configs" / "paper.yaml"
+BENCH = ROOT / "configs" / "bench.yaml"
 
 
-@pytest.mark.parametrize("path", [TINY, PAPER], ids=["tiny", "paper"])
+@pytest.mark.parametrize("path", [TINY, BENCH, PAPER], ids=["tiny", "bench", "paper"])
 def test_shipped_configs_load_and_match_their_yaml(path):
     config = load_config(path, environ={})
     raw = yaml.safe_load(path.read_text())
