@@ -335,9 +335,11 @@ def results_markdown(results: dict[str, Any], config_path: str, extra: list[str]
         f"- AirRep: the first {cfg.train.encoder_layers or 6} of MiniLM-L6's 6 blocks (384-d)"
         + (", L2-normalised embeddings times a learnable scale (its start picked on validation from "
            f"{cfg.train.scale_candidates or [cfg.train.initial_scale]})" if cfg.train.normalize else "")
-        + ("; every block" if cfg.train.trainable_layers is None
-           else f"; the top {cfg.train.trainable_layers} block(s)")
-        + ", the projection and the scale "
+        + ("; every block, the projection and the scale" if cfg.train.trainable_layers is None
+           else "; the projection and the scale (the blocks frozen, computed once per text)"
+           if cfg.train.trainable_layers == 0
+           else f"; the top {cfg.train.trainable_layers} block(s), the projection and the scale")
+        + " "
         f"trained for up to {cfg.train.steps} steps ({cfg.train.topk} subsets × {cfg.train.reference_size} dev "
         f"examples per step); the last {cfg.train.validation_splits} splits are held out for validation every "
         f"{cfg.train.eval_every} steps, the best step is kept"
