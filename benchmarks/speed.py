@@ -335,15 +335,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/speed.json")
     parser.add_argument("--only", default=",".join(BENCHES),
-                        help="comma-separated subset of: " + ", ".join(BENCHES))
+                        help="comma-separated subset of: " + ", ".join(BENCHES) + "; the other entries of an "
+                             "existing --out file are kept when it was written on the same machine")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     results: dict = {"machine": machine()}
+    out = Path(args.out)
+    if out.exists():  # each entry holds both timings of its ratio, so entries of two runs can sit side by side
+        previous = json.loads(out.read_text())
+        if previous.get("machine") == results["machine"]:
+            results.update({k: v for k, v in previous.items() if k != "machine"})
     for name in args.only.split(","):
         log.info("benchmark %s", name)
         results[name] = BENCHES[name]()
         log.info("%s: %s", name, json.dumps(results[name]))
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
