@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from airrep.atomic import write_text_atomic
+from airrep.atomic import atomic_path
 from airrep.config import DataConfig, FieldMapping
 
 log = logging.getLogger(__name__)
@@ -314,8 +314,11 @@ def _map_items(
 
 
 def write_jsonl(records: Iterable[Record], path: str | Path) -> None:
-    """Publish ``records`` as JSON lines, atomically (concurrent loaders may write one cache)."""
-    write_text_atomic(path, "".join(json.dumps(record.to_dict(), ensure_ascii=False) + "\n" for record in records))
+    """Publish ``records`` as JSON lines, atomically (concurrent loaders may write one cache),
+    streamed line by line: a converted corpus is hundreds of MB."""
+    with atomic_path(path) as temp, open(temp, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
 
 
 def read_jsonl(path: str | Path) -> list[Record]:

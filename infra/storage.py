@@ -450,7 +450,6 @@ class LocalArtifactStore(ArtifactStore):
         return path
 
     def _atomic_write(self, path: Path, source: bytes | Path) -> FileRecord:
-        path.parent.mkdir(parents=True, exist_ok=True)
         digest, size = hashlib.sha256(), 0
         with atomic_path(path) as temp:
             with open(temp, "wb") as out:
