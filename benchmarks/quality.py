@@ -560,9 +560,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def write_report(results: dict[str, Any], args: argparse.Namespace, out: Path) -> list[Path]:
+    """The plots and RESULTS.md (generated tables, then benchmarks/discussion.md); their paths."""
     from airrep.atomic import write_text_atomic
 
-    """The plots and RESULTS.md (generated tables, then benchmarks/discussion.md); their paths."""
     files = [out / "quality.json", out / "quality-lds.png", out / "quality-training.png"]
     plot_lds(results, files[1])
     plot_curves(results, files[2])

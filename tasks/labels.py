@@ -151,6 +151,8 @@ def local_llm_path(config: dict[str, Any], llm: dict[str, str]) -> str:
     if not llm["key"] or _is_dir(llm["path"]):
         return llm["path"]
     target = cache_dir("models", llm["fingerprint"].replace(":", "-"))
+    if (target / "config.json").exists():  # every fine-tune asks: no lock once it is here
+        return str(target)
     with cache_lock(target):
         if not (target / "config.json").exists():
             store_for(typed(config)).get_dir(llm["key"], target)

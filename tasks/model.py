@@ -56,6 +56,8 @@ def train_airrep_task(config: dict[str, Any], index_key: str, label_keys: list[s
 def fetch_model_dir(config: dict[str, Any], key: str) -> Path:
     """A published model directory on this machine (downloaded once into the cache)."""
     target = cache_dir("airrep-models", key.replace("/", "_"))
+    if (target / "config.json").exists():
+        return target
     with cache_lock(target):
         if not (target / "config.json").exists():
             store_for(typed(config)).get_dir(key, target)
