@@ -57,6 +57,13 @@ def build_methods(config: PipelineConfig, trained: AirRep, llm_path: str) -> dic
 
     if poolings("airrep"):
         methods["airrep"] = (lambda t, p: embedding_scores(trained, t, p), poolings("airrep"))
+    if trained.lexical_weight is not None:  # the two terms of a lexical AirRep's score, each alone
+        if poolings("airrep-dense"):
+            methods["airrep-dense"] = (lambda t, p: embedding_scores(trained, t, p, lexical=False),
+                                       poolings("airrep-dense"))
+        if poolings("airrep-lexical"):
+            methods["airrep-lexical"] = (lambda t, p: _scaled(tfidf_scores(t, p), trained.lexical_weight),
+                                         poolings("airrep-lexical"))
     if poolings("encoder"):
         untrained = AirRep.from_encoder(config.train.encoder, precision=config.train.precision)
         untrained.model.config.max_tokens = config.train.max_tokens
@@ -67,6 +74,10 @@ def build_methods(config: PipelineConfig, trained: AirRep, llm_path: str) -> dic
         if name in wanted or f"{name}-sum" in wanted:
             methods[name] = (_gradient_method(name, config, llm_path), ("sum",))
     return methods
+
+
+def _scaled(scores: tuple[np.ndarray, int], weight: float) -> tuple[np.ndarray, int]:
+    return scores[0] * weight, scores[1]
 
 
 def _gradient_method(name: str, config: PipelineConfig, llm_path: str):

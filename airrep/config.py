@@ -158,6 +158,11 @@ class TrainConfig(_Section):
     initial_scale: float = Field(1.0, gt=0)  # dot-product scale a fresh model starts from
     # Candidate starting scales, the best by validation LDS before the first step (needs validation_splits).
     scale_candidates: list[float] = Field(default_factory=list)
+    # Add the TF-IDF cosine to each pair's score, weighted by a trained scalar (airrep/lexical.py).
+    lexical: bool = True
+    # Candidate starting lexical weights, as multiples of the starting scale, picked jointly with
+    # it by validation LDS (0 is the dense model alone).
+    lexical_candidates: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0, 8.0])
     projection_dim: int | None = Field(None, gt=0)
     max_tokens: int = Field(128, ge=8)
     steps: int = Field(2000, gt=0)
@@ -195,7 +200,8 @@ class EvaluateConfig(_Section):
     """Which methods the LDS table compares, and the benchmark's noise ceiling."""
 
     methods: list[str] = Field(default_factory=lambda: [
-        "airrep", "airrep-sum", "encoder", "encoder-sum", "tfidf", "tfidf-sum", "logra", "tracin"])
+        "airrep", "airrep-sum", "airrep-dense", "airrep-lexical", "encoder", "encoder-sum", "tfidf", "tfidf-sum",
+        "logra", "tracin"])
     noise_ceiling: bool = True
     # Fine-tune only the first n held-out subsets a second time for the ceiling (None: all):
     # the ceiling is then the LDS over those n subsets.

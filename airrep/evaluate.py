@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from airrep.data import Record, format_record
+from airrep.lexical import LexicalIndex
 from airrep.metrics import lds
 from airrep.model import AirRep, Pooling, pool_groups_shared
 
@@ -81,19 +82,21 @@ def group_lds(sims: np.ndarray, bench: BenchmarkData, pooling: Pooling) -> float
 
 
 def tfidf_scores(test: Sequence[Record], pool: Sequence[Record]) -> tuple[np.ndarray, int]:
-    """Cosine similarity of TF-IDF vectors (scikit-learn) fitted on pool and test texts."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    vectorizer = TfidfVectorizer(sublinear_tf=True)
-    matrix = vectorizer.fit_transform([format_record(r) for r in list(pool) + list(test)])
-    pool_m, test_m = matrix[: len(pool)], matrix[len(pool) :]
-    return (test_m @ pool_m.T).toarray(), len(vectorizer.vocabulary_)
+    """Cosine similarity of TF-IDF vectors (airrep/lexical.py, IDF of the pool)."""
+    index = LexicalIndex([format_record(r) for r in pool])
+    return index.similarity([format_record(r) for r in test]).toarray(), index.vocabulary_size
 
 
-def embedding_scores(model: AirRep, test: Sequence[Record], pool: Sequence[Record]) -> tuple[np.ndarray, int]:
-    query = model.encode(list(test))
-    corpus = model.encode(list(pool))
-    return query @ corpus.T, model.dim
+def embedding_scores(model: AirRep, test: Sequence[Record], pool: Sequence[Record],
+                     lexical: bool = True) -> tuple[np.ndarray, int]:
+    """AirRep's pair scores (:meth:`AirRep.similarity`) and the numbers it keeps per example:
+    the embedding's, plus the TF-IDF vocabulary's for a model with the lexical channel (counted
+    as the TF-IDF row counts them). ``lexical=False``: the dense part alone."""
+    sims = model.similarity(list(test), list(pool), lexical=lexical)
+    dim = model.dim
+    if lexical and model.lexical_weight is not None:
+        dim += LexicalIndex([format_record(r) for r in pool]).vocabulary_size
+    return sims, dim
 
 
 ScoreFn = Callable[[Sequence[Record], Sequence[Record]], tuple[np.ndarray, int]]

@@ -2,7 +2,8 @@
 
 Group score of training group ``S = {z_1..z_n}`` for target ``x`` (paper §3.1):
 ``s_i = Enc(x)·Enc(z_i)``, ``α = softmax(|s|)`` over the group, score ``= Σ α_i s_i``.
-``pooling="sum"`` is the ablation (``Σ s_i``). A trained AirRep is an ordinary HF model
+``pooling="sum"`` is the ablation (``Σ s_i``). With the lexical channel (``config.lexical``),
+``s_i`` adds ``w · tfidf_cos(x, z_i)`` (airrep/lexical.py), ``w`` trained. A trained AirRep is an ordinary HF model
 directory (safetensors + config + tokenizer) that ``AirRep.from_pretrained`` loads.
 """
 
@@ -16,12 +17,14 @@ from typing import Literal
 
 import numpy as np
 import torch
+from scipy import sparse
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from airrep.data import Record, format_record, split_formatted, truncate_pair
+from airrep.lexical import lexical_similarity
 from airrep.precision import resolve_precision
 from airrep.transformers_lock import TRANSFORMERS_LOCK
 
@@ -40,13 +43,16 @@ def resolve_encoder(name: str) -> str:
 
 class AirRepConfig(PretrainedConfig):
     """The encoder's own config (nested) plus the projection size, text length, whether
-    embeddings are L2-normalised and the scale a fresh model starts from."""
+    embeddings are L2-normalised, the scale a fresh model starts from, and whether scores add
+    the lexical channel (:mod:`airrep.lexical`)."""
 
     model_type = "airrep"
 
     def __init__(self, encoder: dict | None = None, projection_dim: int | None = None,
-                 max_tokens: int = 256, normalize: bool = False, initial_scale: float = 1.0, **kwargs) -> None:
+                 max_tokens: int = 256, normalize: bool = False, initial_scale: float = 1.0,
+                 lexical: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.lexical = lexical
         self.encoder = encoder or {}
         self.projection_dim = projection_dim
         self.max_tokens = max_tokens
@@ -82,11 +88,15 @@ class AirRepModel(PreTrainedModel):
             # pooling, as one number that training can move quickly (a projection trained at a
             # small learning rate would take thousands of steps to rescale itself).
             self.log_scale = nn.Parameter(torch.zeros(()))
+            # With ``config.lexical``, a pair's score is the embeddings' dot product plus this
+            # weight times their TF-IDF cosine (airrep/lexical.py); trained like the scale.
+            self.lexical_weight = nn.Parameter(torch.zeros(()))
             self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         if module is self and hasattr(self, "log_scale"):
             self.set_scale(self.config.initial_scale)
+            self.lexical_weight.data.zero_()
         if module is getattr(self, "projection", None):
             with torch.no_grad():
                 if module.in_features == module.out_features:
@@ -98,7 +108,7 @@ class AirRepModel(PreTrainedModel):
     @classmethod
     def from_encoder(cls, encoder: str = DEFAULT_ENCODER, projection_dim: int | None = None,
                      max_tokens: int = 256, trust_remote_code: bool = False, layers: int | None = None,
-                     normalize: bool = False, initial_scale: float = 1.0) -> AirRepModel:
+                     normalize: bool = False, initial_scale: float = 1.0, lexical: bool = False) -> AirRepModel:
         """A fresh AirRep around pretrained encoder weights (safetensors only).
 
         ``layers``: keep only the encoder's first ``layers`` blocks (the lower blocks of a
@@ -106,6 +116,8 @@ class AirRepModel(PreTrainedModel):
         reacts to; and each dropped block is that much less to run). ``normalize`` and
         ``initial_scale``: embeddings are L2-normalised and then scaled, so that dot products
         are cosines times ``initial_scale`` at the start (the sharpness of attention pooling).
+        ``lexical``: scores add the TF-IDF channel (its weight starts at 0, so the fresh model
+        scores like the encoder until the weight is set or trained).
         """
         path = resolve_encoder(encoder)
         extra = {"num_hidden_layers": layers} if layers else {}
@@ -119,7 +131,8 @@ class AirRepModel(PreTrainedModel):
             finally:
                 hf_logging.set_verbosity(verbosity)
             config = AirRepConfig(encoder=pretrained.config.to_dict(), projection_dim=projection_dim,
-                                  max_tokens=max_tokens, normalize=normalize, initial_scale=initial_scale)
+                                  max_tokens=max_tokens, normalize=normalize, initial_scale=initial_scale,
+                                  lexical=lexical)
             model = cls(config)
         missing, unexpected = model.encoder.load_state_dict(pretrained.state_dict(), strict=False)
         # The pooler (BERT's [CLS] head) is unused: AirRep mean-pools the token states.
@@ -213,7 +226,12 @@ def pool_groups(sims: torch.Tensor, groups: torch.Tensor, pooling: Pooling = "at
 
     Shared by every method in the LDS table, so they differ only in their similarities.
     """
-    member_sims = sims[:, groups]  # (n_query, n_groups, group_size)
+    return pool_members(sims[:, groups], pooling)
+
+
+def pool_members(member_sims: torch.Tensor, pooling: Pooling = "attention") -> torch.Tensor:
+    """Pool ``(n_query, n_groups, group_size)`` member scores into ``(n_query, n_groups)``:
+    a sum, or a softmax over each group's |scores| weighting the scores (paper eq. 2)."""
     if pooling == "sum":
         return member_sims.sum(-1)
     weights = torch.softmax(member_sims.abs(), dim=-1)
@@ -323,11 +341,13 @@ class AirRep:
 
     @classmethod
     def from_encoder(cls, encoder: str = DEFAULT_ENCODER, layers: int | None = None, normalize: bool = False,
-                     initial_scale: float = 1.0, projection_dim: int | None = None, **kwargs) -> AirRep:
+                     initial_scale: float = 1.0, projection_dim: int | None = None, lexical: bool = False,
+                     **kwargs) -> AirRep:
         """The untrained AirRep (identity projection) around a pretrained encoder (see
-        :meth:`AirRepModel.from_encoder` for ``layers``, ``normalize`` and ``initial_scale``)."""
+        :meth:`AirRepModel.from_encoder` for ``layers``, ``normalize``, ``initial_scale`` and
+        ``lexical``)."""
         model = AirRepModel.from_encoder(encoder, projection_dim=projection_dim, layers=layers, normalize=normalize,
-                                         initial_scale=initial_scale)
+                                         initial_scale=initial_scale, lexical=lexical)
         with TRANSFORMERS_LOCK:
             tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(encoder), trust_remote_code=False)
         return cls(model, tokenizer, **kwargs)
@@ -400,6 +420,23 @@ class AirRep:
     def dim(self) -> int:
         return self.model.projection.out_features
 
+    @property
+    def lexical_weight(self) -> float | None:
+        """The TF-IDF cosine's weight in a pair's score; ``None`` for a model without the channel."""
+        return self.model.lexical_weight.item() if getattr(self.model.config, "lexical", False) else None
+
+    def similarity(self, queries: Sequence[str | Record], corpus: Sequence[str | Record],
+                   lexical: bool = True) -> np.ndarray:
+        """Example-level scores ``(n_queries, n_corpus)``: the embeddings' dot product, plus the
+        weighted TF-IDF cosine (IDF of ``corpus``) for a model with the lexical channel, unless
+        ``lexical=False`` (the dense part alone, an ablation)."""
+        queries = [format_record(t) if isinstance(t, Record) else t for t in queries]
+        corpus = [format_record(t) if isinstance(t, Record) else t for t in corpus]
+        sims = self.encode(queries) @ self.encode(corpus).T
+        if lexical and self.lexical_weight is not None:
+            sims += self.lexical_weight * lexical_similarity(queries, corpus)
+        return sims
+
     @staticmethod
     def score_groups(query_emb: np.ndarray | torch.Tensor, train_emb: np.ndarray | torch.Tensor,
                      groups: Sequence[Sequence[int]] | np.ndarray, pooling: Pooling = "attention",
@@ -428,14 +465,20 @@ class AirRep:
 
     @staticmethod
     def top_k(query_emb: np.ndarray | torch.Tensor, corpus_emb: np.ndarray | torch.Tensor,
-              k: int = 10, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` highest dot products per query: ``(scores, indices)``, each ``(n_query, k)``."""
+              k: int = 10, chunk: int = 1024, extra: sparse.spmatrix | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` highest dot products per query: ``(scores, indices)``, each ``(n_query, k)``.
+
+        ``extra``: ``(n_query, n_corpus)`` scores added to the dot products (the lexical
+        channel's weighted cosines), densified one chunk of queries at a time."""
         query = torch.as_tensor(np.asarray(query_emb), dtype=torch.float32)
         corpus = torch.as_tensor(np.asarray(corpus_emb), dtype=torch.float32)
         k = min(k, corpus.shape[0])
         scores, indices = [], []
         for i in range(0, len(query), chunk):
-            values, idx = torch.topk(query[i : i + chunk] @ corpus.T, k, dim=1)
+            block = query[i : i + chunk] @ corpus.T
+            if extra is not None:
+                block += torch.as_tensor(extra[i : i + chunk].toarray(), dtype=block.dtype)
+            values, idx = torch.topk(block, k, dim=1)
             scores.append(values)
             indices.append(idx)
         return torch.cat(scores).numpy(), torch.cat(indices).numpy()

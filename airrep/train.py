@@ -48,9 +48,10 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from airrep.config import TrainConfig
+from airrep.lexical import lexical_similarity
 from airrep.losses import pairwise_accuracy, weighted_ranknet
 from airrep.metrics import lds
-from airrep.model import AirRep, AirRepModel, TokenizedTexts, group_scores, pool_groups_shared
+from airrep.model import AirRep, AirRepModel, TokenizedTexts, pool_groups_shared, pool_members
 from airrep.precision import resolve_precision
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class TrainingCurve:
     cache_seconds: float = 0.0  # computing the frozen layers' states once
     label_pairs: int = 0  # (dev example, subset) labels scored over all steps
     initial_scale: float | None = None  # the starting scale picked by validation, if candidates were given
+    initial_lexical_weight: float | None = None  # likewise for the lexical channel's weight
 
 
 def _autocast(precision: str, device: torch.device):
@@ -179,12 +181,14 @@ def activation_bytes(model: AirRepModel, n_tokens: int, start: int | None, preci
 
 def ranking_step(model: AirRepModel, bank: TextBank, dev_rows: np.ndarray, members: np.ndarray,
                  target: torch.Tensor, config: TrainConfig, one_pass: bool | None = None,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 lexical: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Accumulate the gradient of one step's loss into ``model``; return ``(loss, scores)``.
 
     ``dev_rows``: bank rows of the step's dev examples; ``members``: ``(topk, subset_size)``
     bank rows of its subsets; ``target``: ``(len(dev_rows), topk)`` labels. ``one_pass``
-    ``None`` decides by ``config.activation_budget_mb``.
+    ``None`` decides by ``config.activation_budget_mb``. ``lexical``: ``(len(dev_rows), topk,
+    subset_size)`` TF-IDF cosines of each dev example with each member, for a model with the
+    lexical channel.
     """
     unique, inverse = np.unique(members, return_inverse=True)
     rows = np.concatenate([dev_rows, unique])  # every text of the step, each once
@@ -196,7 +200,10 @@ def ranking_step(model: AirRepModel, bank: TextBank, dev_rows: np.ndarray, membe
         one_pass = need <= config.activation_budget_mb * 2**20
 
     def loss_of(emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = group_scores(emb[:n_dev], emb, groups)  # (n_dev, topk)
+        member_sims = (emb[:n_dev] @ emb.T)[:, groups]  # (n_dev, topk, subset_size)
+        if lexical is not None:
+            member_sims = member_sims + model.lexical_weight * lexical
+        scores = pool_members(member_sims)  # (n_dev, topk)
         return weighted_ranknet(scores, target, config.t_min, config.t_max), scores
 
     if one_pass:
@@ -215,50 +222,103 @@ def ranking_step(model: AirRepModel, bank: TextBank, dev_rows: np.ndarray, membe
     return loss.detach(), scores.detach()
 
 
-def validation_lds(model: AirRepModel, bank: TextBank, splits: Sequence[tuple[np.ndarray, np.ndarray, TrainingSplit]],
-                   config: TrainConfig) -> float:
+@dataclass
+class PreparedSplit:
+    """A split's bank rows, and its dev × pool TF-IDF cosines when the model has the lexical channel."""
+
+    dev_rows: np.ndarray
+    pool_rows: np.ndarray
+    split: TrainingSplit
+    lexical: torch.Tensor | None  # (n_dev, n_pool), IDF of the split's pool
+
+
+def _prepare(bank: TextBank, split: TrainingSplit, lexical: bool) -> PreparedSplit:
+    sims = torch.as_tensor(lexical_similarity(split.dev_texts, split.pool_texts)) if lexical else None
+    return PreparedSplit(bank.rows(split.dev_texts), bank.rows(split.pool_texts), split, sims)
+
+
+def _validation_sims(model: AirRepModel, bank: TextBank, splits: Sequence[PreparedSplit],
+                     config: TrainConfig) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Each held-out split's dense dev × pool dot products, with its lexical cosines."""
+    out = []
+    for prepared in splits:
+        dev = bank.encode(model, prepared.dev_rows, config.encode_chunk, config.precision)
+        pool = bank.encode(model, prepared.pool_rows, config.encode_chunk, config.precision)
+        out.append((dev @ pool.T, prepared.lexical))
+    return out
+
+
+def _lds_of(sims: Sequence[tuple[torch.Tensor, torch.Tensor | None]], splits: Sequence[PreparedSplit],
+            lexical_weight: float | None) -> float:
+    values = []
+    for (dense, lexical), prepared in zip(sims, splits, strict=True):
+        pair = dense + lexical_weight * lexical.to(dense.device) if lexical_weight is not None else dense
+        scores = pool_groups_shared(pair, torch.as_tensor(prepared.split.subsets, dtype=torch.long,
+                                                          device=dense.device))
+        values.append(lds(scores.cpu().numpy(), -prepared.split.labels.T))
+    return float(np.mean(values))
+
+
+def validation_lds(model: AirRepModel, bank: TextBank, splits: Sequence[PreparedSplit], config: TrainConfig) -> float:
     """Mean LDS over held-out splits: each dev example's Spearman correlation across its
     split's subsets between the group score and the label (higher label = lower loss)."""
     was_training = model.training
     model.eval()
-    values = []
     with torch.no_grad():
-        for dev_rows, pool_rows, split in splits:
-            dev = bank.encode(model, dev_rows, config.encode_chunk, config.precision)
-            pool = bank.encode(model, pool_rows, config.encode_chunk, config.precision)
-            scores = pool_groups_shared(dev @ pool.T, torch.as_tensor(split.subsets, dtype=torch.long))
-            values.append(lds(scores.cpu().numpy(), -split.labels.T))
+        weight = model.lexical_weight.item() if model.config.lexical else None
+        value = _lds_of(_validation_sims(model, bank, splits, config), splits, weight)
     model.train(was_training)
-    return float(np.mean(values))
+    return value
 
 
-HEAD = ("projection.", "log_scale")  # what trains at ``projection_lr``
+HEAD = ("projection.", "log_scale", "lexical_weight")  # what trains at ``projection_lr``
+SCALARS = ("log_scale", "lexical_weight")  # no weight decay: it would pull them towards 0
 
 
-def _pick_scale(model: AirRepModel, bank: TextBank, held_out: Sequence, config: TrainConfig) -> float:
-    """The starting dot-product scale with the best validation LDS among ``scale_candidates``.
+def _pick_scale(model: AirRepModel, bank: TextBank, held_out: Sequence[PreparedSplit],
+                config: TrainConfig) -> tuple[float, float | None]:
+    """The starting dot-product scale (among ``scale_candidates``) and, for a model with the
+    lexical channel, the starting lexical weight (among ``lexical_candidates`` times the
+    scale), jointly best by validation LDS; returns ``(scale, lexical weight or None)``.
 
     The scale sets how sharply attention pooling focuses on a group's most similar members,
-    which moved LDS by up to 8 points at step 0 on ShareGPT (cosines × 1 to × 50); training
-    adjusts it slowly, so it is chosen here, on the held-out splits, before the first step.
+    which moved LDS by up to 8 points at step 0 on ShareGPT (cosines × 1 to × 50); the two
+    channels' balance moved it by as much. Training adjusts both slowly, so they are chosen
+    here, on the held-out splits, before the first step. The embeddings are encoded once at
+    scale 1; a scale multiplies their dot products.
     """
+    scales = config.scale_candidates or [float(model.log_scale.exp() ** 2)]
+    ratios = config.lexical_candidates if model.config.lexical else [None]
+    model.set_scale(1.0)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        unit = _validation_sims(model, bank, held_out, config)
+    model.train(was_training)
     values = {}
-    for scale in config.scale_candidates:
-        model.set_scale(scale)
-        values[scale] = validation_lds(model, bank, held_out, config)
-    best = max(values, key=values.get)
-    model.set_scale(best)
-    log.info("starting scale %g (validation LDS by scale: %s)", best,
-             ", ".join(f"{k:g}: {v:.4f}" for k, v in values.items()))
-    return float(best)
+    for scale in scales:
+        scaled = [(scale * dense, lexical) for dense, lexical in unit]
+        for ratio in ratios:
+            values[scale, ratio] = _lds_of(scaled, held_out, None if ratio is None else ratio * scale)
+    scale, ratio = max(values, key=values.get)
+    model.set_scale(scale)
+    weight = None if ratio is None else ratio * scale
+    if weight is not None:
+        with torch.no_grad():
+            model.lexical_weight.fill_(weight)
+    log.info("starting scale %g, lexical weight %s (validation LDS by scale, lexical/scale: %s)", scale,
+             "-" if weight is None else f"{weight:g}",
+             ", ".join(f"{s:g}/{'-' if r is None else f'{r:g}'}: {v:.4f}" for (s, r), v in values.items()))
+    return float(scale), weight
 
 
 def _optimizer(model: AirRepModel, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with the projection and the scale in their own group, at ``projection_lr``;
-    the scale gets no weight decay (it would pull the temperature towards 1)."""
+    """AdamW with the projection, the scale and the lexical weight in their own group, at
+    ``projection_lr``; the two scalars get no weight decay (it would pull the temperature
+    towards 1 and the lexical weight towards 0)."""
     projection = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(HEAD)]
     others = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(HEAD)]
-    scale = [p for n, p in model.named_parameters() if p.requires_grad and n == "log_scale"]
+    scale = [p for n, p in model.named_parameters() if p.requires_grad and n in SCALARS]
     projection = [p for p in projection if all(p is not q for q in scale)]
     groups = [{"params": projection, "lr": config.projection_lr or config.lr},
               {"params": scale, "lr": config.projection_lr or config.lr, "weight_decay": 0.0}]
@@ -297,11 +357,13 @@ def train_airrep(
     rng = np.random.default_rng([config.seed, accelerator.process_index])
     airrep = airrep or AirRep.from_encoder(
         config.encoder, precision=config.precision, layers=config.encoder_layers, normalize=config.normalize,
-        initial_scale=config.initial_scale, projection_dim=config.projection_dim)
+        initial_scale=config.initial_scale, projection_dim=config.projection_dim, lexical=config.lexical)
     model = airrep.model.to(accelerator.device)
     model.config.max_tokens = config.max_tokens
+    model.config.lexical = config.lexical
     model.freeze_below(config.trainable_layers)
     model.log_scale.requires_grad_(config.train_scale)
+    model.lexical_weight.requires_grad_(bool(model.config.lexical) and config.train_scale)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_train = len(splits) - config.validation_splits
 
@@ -313,7 +375,7 @@ def train_airrep(
         curve.cache_seconds = bank.build_cache(model, n_blocks - config.trainable_layers, config.encode_chunk,
                                                config.precision, show_progress_bar=show_progress_bar)
         log.info("frozen layers computed once for %d texts in %.0f s", len(bank), curve.cache_seconds)
-    prepared = [(bank.rows(s.dev_texts), bank.rows(s.pool_texts), s) for s in splits]
+    prepared = [_prepare(bank, s, bool(model.config.lexical)) for s in splits]
     train_prepared, held_out_prepared = prepared[:n_train], prepared[n_train:]
 
     optimizer = _optimizer(model, config)
@@ -326,8 +388,8 @@ def train_airrep(
     # Dropout off unless configured: the ranking signal is noisy enough on its own.
     model.train(config.dropout > 0)
     best_lds, best_state, stale = -np.inf, None, 0
-    if held_out_prepared and config.scale_candidates:
-        curve.initial_scale = _pick_scale(model, bank, held_out_prepared, config)
+    if held_out_prepared and (config.scale_candidates or model.config.lexical):
+        curve.initial_scale, curve.initial_lexical_weight = _pick_scale(model, bank, held_out_prepared, config)
     if held_out_prepared and accelerator.is_main_process:  # step 0: the untrained model, kept if nothing beats it
         best_lds = validation_lds(model, bank, held_out_prepared, config)
         best_state = copy.deepcopy({n: p.detach() for n, p in model.named_parameters() if p.requires_grad})
@@ -338,14 +400,18 @@ def train_airrep(
     start = time.perf_counter()
     for step in tqdm(range(1, config.steps + 1), desc="train AirRep", disable=not show_progress_bar):
         k = int(rng.integers(n_train))
-        dev_rows, pool_rows, split = train_prepared[k]
+        dev_rows, pool_rows, split = train_prepared[k].dev_rows, train_prepared[k].pool_rows, train_prepared[k].split
         n_subsets, n_dev = split.labels.shape
         chosen_dev = rng.choice(n_dev, size=min(config.reference_size, n_dev), replace=False)
         chosen = rng.choice(n_subsets, size=min(config.topk, n_subsets), replace=False)
         target = torch.as_tensor(split.labels[np.ix_(chosen, chosen_dev)].T, dtype=torch.float32,
                                  device=accelerator.device)  # (n_ref, topk)
+        lexical = train_prepared[k].lexical
+        if lexical is not None:  # (n_ref, topk, subset_size)
+            lexical = lexical[torch.as_tensor(chosen_dev)][:, torch.as_tensor(split.subsets[chosen])]
+            lexical = lexical.to(accelerator.device)
         loss, scores = ranking_step(model, bank, dev_rows[chosen_dev], pool_rows[split.subsets[chosen]],
-                                    target, config)
+                                    target, config, lexical=lexical)
         if accelerator.num_processes > 1:
             for param in trainable:
                 if param.grad is not None:

@@ -2,12 +2,15 @@
 
 Input: texts (a DataFrame with a ``text`` column, or a list of strings). Output: one row per
 (query, hit) with the ``top_k`` training examples whose AirRep embeddings have the highest
-dot product with the query's (paper §3.1: the example-level score ``Enc(x)·Enc(z)``), so
-``mlflow models serve -m models:/<name>@champion`` answers attribution queries.
+dot product with the query's (paper §3.1: the example-level score ``Enc(x)·Enc(z)``), plus the
+weighted TF-IDF cosine for a model with the lexical channel (airrep/lexical.py, its IDF from
+the corpus), so ``mlflow models serve -m models:/<name>@champion`` answers attribution queries.
 
 The corpus is embedded once, when the model is logged (``infra.tracking.log_attribution_model``),
 and travels with the model as three files: ``corpus_embeddings.npy`` (float32, ``(n, dim)``),
-``corpus_ids.json`` and ``corpus_texts.json`` (same order).
+``corpus_ids.json`` and ``corpus_texts.json`` (same order). The lexical channel's TF-IDF
+index is fitted on the corpus texts when the model loads (seconds for 10^5 texts), so it
+needs no file of its own.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from airrep.lexical import LexicalIndex
 from airrep.model import AirRep
 
 EMBEDDINGS_FILE = "corpus_embeddings.npy"
@@ -53,7 +57,7 @@ def query_texts(model_input: Any) -> list[str]:
 
 
 class AttributionModel(mlflow.pyfunc.PythonModel):
-    """Top-k training examples for each query text, by AirRep embedding dot product."""
+    """Top-k training examples for each query text, by AirRep's pair score."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         corpus = Path(context.artifacts["corpus"])
@@ -66,6 +70,7 @@ class AttributionModel(mlflow.pyfunc.PythonModel):
                 f"corpus files disagree: {len(self.corpus_ids)} ids, {len(self.corpus_texts)} texts, "
                 f"{len(self.corpus_embeddings)} embeddings")
         self.default_top_k = int((context.model_config or {}).get("top_k", DEFAULT_TOP_K))
+        self.lexical = LexicalIndex(self.corpus_texts) if self.airrep.lexical_weight is not None else None
 
     # Through ``mlflow.pyfunc`` the logged signature turns every input into a one-column
     # DataFrame; a DataFrame hint is also the one MLflow does not try to derive a schema from.
@@ -78,7 +83,8 @@ class AttributionModel(mlflow.pyfunc.PythonModel):
         if not texts:
             return pd.DataFrame({c: [] for c in OUTPUT_COLUMNS})
         query_embeddings = self.airrep.encode(texts)  # (n_query, dim)
-        scores, indices = AirRep.top_k(query_embeddings, self.corpus_embeddings, k=k)  # (n_query, k) each
+        extra = None if self.lexical is None else self.lexical.similarity(texts) * self.airrep.lexical_weight
+        scores, indices = AirRep.top_k(query_embeddings, self.corpus_embeddings, k=k, extra=extra)  # (n_query, k) each
         n_query, n_hits = indices.shape
         flat = indices.ravel()
         return pd.DataFrame({

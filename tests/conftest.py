@@ -230,7 +230,8 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture
 def full_evaluation() -> list[str]:
     """Overrides that make the micro pipeline evaluate every CPU method and the noise ceiling."""
-    return ["evaluate.methods=[airrep,airrep-sum,encoder,encoder-sum,tfidf,tfidf-sum,logra]",
+    return ["evaluate.methods=[airrep,airrep-sum,airrep-dense,airrep-lexical,encoder,encoder-sum,tfidf,tfidf-sum,"
+            "logra]",
             "evaluate.noise_ceiling=true"]
 
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import sparse
 from transformers import AutoTokenizer, BertConfig
 
 from airrep.model import AirRep, AirRepConfig, AirRepModel, pool_groups, pool_groups_shared, resolve_encoder
@@ -38,6 +39,33 @@ def test_save_load_round_trip_identical_embeddings(tiny_airrep, tmp_path):
     np.testing.assert_array_equal(tiny_airrep.encode(TEXTS), loaded.encode(TEXTS))
 
 
+def test_similarity_adds_the_weighted_tfidf_cosine_and_survives_save_load(tmp_path):
+    from airrep.lexical import lexical_similarity
+
+    torch.manual_seed(0)
+    encoder = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         vocab_size=30522)
+    airrep = AirRep(AirRepModel(AirRepConfig(encoder=encoder.to_dict(), max_tokens=64, lexical=True)),
+                    AutoTokenizer.from_pretrained(resolve_encoder("minilm")), precision="fp32")
+    assert airrep.lexical_weight == 0.0  # a fresh model scores like its encoder
+    with torch.no_grad():
+        airrep.model.lexical_weight.fill_(2.5)
+    dense = airrep.encode(TEXTS[:3]) @ airrep.encode(TEXTS).T
+    np.testing.assert_allclose(airrep.similarity(TEXTS[:3], TEXTS, lexical=False), dense, rtol=1e-6)
+    np.testing.assert_allclose(airrep.similarity(TEXTS[:3], TEXTS),
+                               dense + 2.5 * lexical_similarity(TEXTS[:3], TEXTS), rtol=1e-5, atol=1e-6)
+    airrep.save_pretrained(tmp_path)
+    loaded = AirRep.from_pretrained(tmp_path, precision="fp32")
+    assert loaded.lexical_weight == pytest.approx(2.5)
+    np.testing.assert_allclose(loaded.similarity(TEXTS[:3], TEXTS), airrep.similarity(TEXTS[:3], TEXTS), rtol=1e-6)
+
+
+def test_models_without_the_channel_score_by_dot_product_alone(tiny_airrep):
+    assert tiny_airrep.lexical_weight is None
+    np.testing.assert_allclose(tiny_airrep.similarity(TEXTS[:2], TEXTS),
+                               tiny_airrep.encode(TEXTS[:2]) @ tiny_airrep.encode(TEXTS).T, rtol=1e-6)
+
+
 def test_score_groups_attention_and_sum_against_loop():
     rng = np.random.default_rng(0)
     query, train = rng.normal(size=(3, 4)), rng.normal(size=(10, 4))
@@ -57,6 +85,11 @@ def test_top_k_against_argsort():
     query, corpus = rng.normal(size=(5, 8)), rng.normal(size=(50, 8))
     scores, idx = AirRep.top_k(query, corpus, k=3)
     full = query @ corpus.T
+    np.testing.assert_array_equal(idx, np.argsort(-full, axis=1)[:, :3])
+    np.testing.assert_allclose(scores, np.take_along_axis(full, idx, 1), rtol=1e-5)
+    extra = sparse.random(5, 50, density=0.2, random_state=0, format="csr") * 10
+    scores, idx = AirRep.top_k(query, corpus, k=3, chunk=2, extra=extra)
+    full = full + extra.toarray()
     np.testing.assert_array_equal(idx, np.argsort(-full, axis=1)[:, :3])
     np.testing.assert_allclose(scores, np.take_along_axis(full, idx, 1), rtol=1e-5)
 

@@ -5,7 +5,7 @@ from transformers import AutoTokenizer, BertConfig
 
 from airrep.config import TrainConfig
 from airrep.metrics import lds
-from airrep.model import AirRep, AirRepConfig, AirRepModel, resolve_encoder
+from airrep.model import AirRep, AirRepConfig, AirRepModel, pool_groups_shared, resolve_encoder
 from airrep.train import TextBank, TrainingSplit, ranking_step, train_airrep
 
 
@@ -39,9 +39,16 @@ def test_two_pass_gradient_equals_single_pass(trainable_layers):
     airrep.model.freeze_below(trainable_layers)
     bank, dev_rows, members, target = _step_inputs(airrep, np.random.default_rng(0))
     config = TrainConfig(precision="fp32", encode_chunk=3)
-    one = _gradients(airrep.model, lambda: ranking_step(airrep.model, bank, dev_rows, members, target, config, True))
-    two = _gradients(airrep.model, lambda: ranking_step(airrep.model, bank, dev_rows, members, target, config, False))
+    lexical = torch.rand(len(dev_rows), *members.shape)  # TF-IDF cosines of each dev example and member
+    with torch.no_grad():
+        airrep.model.lexical_weight.fill_(1.5)
+
+    def step(one_pass):
+        return lambda: ranking_step(airrep.model, bank, dev_rows, members, target, config, one_pass, lexical)
+
+    one, two = _gradients(airrep.model, step(True)), _gradients(airrep.model, step(False))
     assert one.keys() == two.keys() and len(one) > 0
+    assert one["lexical_weight"].abs() > 0  # the channel's weight learns from the same loss
     for name in one:
         torch.testing.assert_close(one[name], two[name], atol=1e-5, rtol=1e-4)
 
@@ -86,8 +93,10 @@ def planted_task(rng, n_pool=48, n_test=16, n_subsets=24, size=8):
 
 
 def held_out_lds(airrep, pool, test, subsets, losses):
-    scores = AirRep.score_groups(airrep.encode(test), airrep.encode(pool), subsets)
-    return lds(scores, losses.T)
+    """LDS of the model's own pair scores (the lexical channel's term included)."""
+    scores = pool_groups_shared(torch.as_tensor(airrep.similarity(test, pool), dtype=torch.float32),
+                                torch.as_tensor(subsets))
+    return lds(scores.numpy(), losses.T)
 
 
 def test_training_learns_planted_group_influence():
@@ -151,7 +160,8 @@ def test_starting_scale_is_picked_by_validation():
     splits = [TrainingSplit(test, pool, subsets, normalize(losses))
               for pool, test, subsets, losses in (planted_task(rng) for _ in range(2))]
     config = TrainConfig(steps=1, lr=1e-12, projection_lr=1e-12, warmup_steps=0, reference_size=4, topk=4,
-                         precision="fp32", eval_every=1, validation_splits=1, scale_candidates=[0.01, 1.0, 100.0])
+                         precision="fp32", eval_every=1, validation_splits=1, scale_candidates=[0.01, 1.0, 100.0],
+                         lexical=False)
     airrep = tiny_airrep()
     _, curve = train_airrep(splits, config, airrep=airrep, show_progress_bar=False)
     assert curve.initial_scale in (0.01, 1.0, 100.0)
@@ -161,3 +171,33 @@ def test_starting_scale_is_picked_by_validation():
             airrep.model.log_scale.fill_(0.5 * np.log(scale))
         pool, test, subsets, labels = splits[1].pool_texts, splits[1].dev_texts, splits[1].subsets, splits[1].labels
         assert held_out_lds(airrep, pool, test, subsets, -labels) <= picked + 1e-9
+
+
+def lexical_task(rng, n_pool=48, n_test=16, n_subsets=24, size=8):
+    """Influence planted through shared rare words: a pool item helps the test items that
+    share its topic word, so word overlap reveals it and a random tiny encoder does not."""
+    topics = ["saffron", "quasar", "lichen", "obsidian", "tundra", "zephyr"]
+    filler = ["table", "green", "music", "paper", "light", "sugar", "horse", "glass"]
+    pool_tag, test_tag = rng.integers(len(topics), size=n_pool), rng.integers(len(topics), size=n_test)
+    pool = [" ".join(rng.choice(filler, 2)) + f" {topics[t]}" for t in pool_tag]
+    test = [" ".join(rng.choice(filler, 2)) + f" {topics[t]}" for t in test_tag]
+    subsets = np.array([rng.choice(n_pool, size, replace=False) for _ in range(n_subsets)])
+    helped = (pool_tag[subsets][:, :, None] == test_tag[None, None, :]).sum(1)
+    return pool, test, subsets, -helped + rng.normal(scale=0.1, size=helped.shape)
+
+
+def test_lexical_weight_is_picked_on_validation_and_carries_word_overlap():
+    from airrep.labels import normalize
+    rng = np.random.default_rng(5)
+    splits = [TrainingSplit(test, pool, subsets, normalize(losses))
+              for pool, test, subsets, losses in (lexical_task(rng) for _ in range(3))]
+    config = TrainConfig(steps=2, lr=1e-12, projection_lr=1e-12, warmup_steps=0, reference_size=4, topk=4,
+                         precision="fp32", eval_every=1, validation_splits=1, normalize=True,
+                         scale_candidates=[1.0, 5.0], lexical_candidates=[0.0, 1.0, 4.0])
+    trained, curve = train_airrep(splits, config, airrep=tiny_airrep(), show_progress_bar=False)
+    assert curve.initial_lexical_weight in (1.0, 4.0, 5.0, 20.0)  # the channel was chosen, at ratio 1 or 4
+    assert trained.lexical_weight == pytest.approx(curve.initial_lexical_weight, rel=1e-6)
+    pool, test, subsets, losses = lexical_task(rng)
+    with_words = held_out_lds(trained, pool, test, subsets, losses)
+    dense = lds(AirRep.score_groups(trained.encode(test), trained.encode(pool), subsets), losses.T)
+    assert with_words > 0.45 and with_words > dense + 0.1, (with_words, dense)

@@ -31,8 +31,11 @@ def test_pipeline_end_to_end_resumes_and_serves(micro_overrides, full_evaluation
     # Every fine-tune ran once: 2 splits x 4 subsets + 4 benchmark subsets x 2 seeds.
     assert first["finetunes_computed"] == 16 and first["finetunes_skipped"] == 0
     rows = {r["method"]: r for r in first["evaluation"]["table"]["rows"]}
-    assert set(rows) == {"airrep", "airrep-sum", "encoder", "encoder-sum", "tfidf", "tfidf-sum", "logra-sum"}
-    assert rows["logra-sum"]["dim"] > 0 and rows["airrep"]["dim"] == 384
+    assert set(rows) == {"airrep", "airrep-sum", "airrep-dense", "airrep-lexical", "encoder", "encoder-sum", "tfidf",
+                         "tfidf-sum", "logra-sum"}
+    # AirRep keeps its 384-d embedding and, for its lexical channel, the pool's TF-IDF vector.
+    assert rows["logra-sum"]["dim"] > 0 and rows["airrep-dense"]["dim"] == 384
+    assert rows["airrep"]["dim"] == 384 + rows["tfidf"]["dim"] == 384 + rows["airrep-lexical"]["dim"]
     assert all(math.isfinite(r["lds"]) and -1 <= r["lds"] <= 1 for r in rows.values())
     assert first["evaluation"]["table"]["noise_ceiling"] is not None
     assert first["registry"]["promoted"] and first["registry"]["champion"] == first["registry"]["version"]

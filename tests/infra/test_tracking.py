@@ -23,6 +23,7 @@ from pathlib import Path
 
 import boto3
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -309,9 +310,13 @@ def test_concurrent_promotions_in_threads(registry: Registry, logged: Logged) ->
 
 
 def test_champion_pyfunc_finds_the_near_copy(registry: Registry) -> None:
-    """The registered pyfunc, loaded by alias, ranks a text's near-copy first (packaged MiniLM)."""
+    """The registered pyfunc, loaded by alias, ranks a text's near-copy first (packaged MiniLM),
+    its scores those of ``AirRep.similarity``, the lexical channel's TF-IDF term included."""
     model_dir = registry.tmp / "minilm_airrep"
-    AirRep.from_encoder("minilm", device="cpu").save_pretrained(model_dir)
+    airrep = AirRep.from_encoder("minilm", device="cpu", lexical=True)
+    with torch.no_grad():
+        airrep.model.lexical_weight.fill_(0.5)
+    airrep.save_pretrained(model_dir)
     name = "airrep-serving"
     tags = tracking.standard_tags(registry.config, "llm-fp", "corpus-fp", BENCH_A, 0.3)
     with mlflow.start_run():
@@ -332,6 +337,11 @@ def test_champion_pyfunc_finds_the_near_copy(registry: Registry) -> None:
         assert rows["score"].is_monotonic_decreasing
         assert rows.iloc[0]["train_id"] == CORPUS_IDS[target]
         assert rows.iloc[0]["text"] == CORPUS_TEXTS[target]
+
+    expected = airrep.similarity(near_copies, CORPUS_TEXTS)
+    top = hits[hits["rank"] == 1].sort_values("query")["score"].to_numpy()
+    np.testing.assert_allclose(top, expected.max(axis=1), rtol=1e-5)
+    assert not np.allclose(expected, airrep.similarity(near_copies, CORPUS_TEXTS, lexical=False))
 
     two = model.predict(near_copies[:1], params={"top_k": 2})
     assert two["train_id"].tolist()[0] == CORPUS_IDS[7] and len(two) == 2
