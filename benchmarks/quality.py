@@ -6,8 +6,8 @@ For each dataset the whole pipeline runs as a Prefect flow (``flows.pipeline``) 
 bench config and ``data.source`` set to that dataset: its own base LM, labels, AirRep,
 held-out benchmark (fine-tuned twice for the noise ceiling), LDS table and registry entry.
 On Natural Instructions, whose records carry their task name, the benchmark's records are
-also classified by task with a logistic-regression probe on three kinds of features:
-AirRep's embeddings, the untrained encoder's, and the base LM's projected gradients.
+also classified by task with a logistic-regression probe on AirRep's embeddings and the
+untrained encoder's (and, with ``--probe-gradients``, the base LM's projected gradients).
 
 Writes ``benchmarks/results/quality.json``, one PNG per figure under ``benchmarks/results/``
 and ``benchmarks/RESULTS.md`` (the generated tables, then ``benchmarks/discussion.md``), and
@@ -153,9 +153,10 @@ def scaling_curve(config_path: str, run: dict[str, Any], sizes: list[int]) -> di
     return {"points": points, "validation_splits": cfg.train.validation_splits}
 
 
-def task_classification(config_path: str, run: dict[str, Any]) -> dict[str, Any]:
+def task_classification(config_path: str, run: dict[str, Any], gradients: bool = False) -> dict[str, Any]:
     """Task-label accuracy of a probe on each kind of feature, over the benchmark's records
-    (test and pool); tasks with fewer records than probe folds are left out."""
+    (test and pool); tasks with fewer records than probe folds are left out. The base LM's
+    gradient features only with ``gradients`` (4 of the probe's 4.3 minutes on 2 cores)."""
     from airrep.baselines.gradient import gradient_features
     from airrep.llm import load_base_llm
     from airrep.metrics import classification_accuracy
@@ -176,13 +177,14 @@ def task_classification(config_path: str, run: dict[str, Any]) -> dict[str, Any]
     trained = AirRep.from_pretrained(fetch_model_dir(config, run["model_key"]), precision=cfg.train.precision)
     untrained = AirRep.from_encoder(cfg.train.encoder, precision=cfg.train.precision)
     untrained.model.config.max_tokens = cfg.train.max_tokens
-    lm, tokenizer = load_base_llm(local_llm_path(config, run["llm"]), cfg.base_llm)
     features = {
         "airrep": lambda: trained.encode(records),
         "encoder": lambda: untrained.encode(records),
-        "gradient": lambda: gradient_features(lm, tokenizer, records, max_length=cfg.evaluate.gradient_max_length,
-                                              proj_dim=trained.dim, seed=cfg.seed),
     }
+    if gradients:
+        lm, tokenizer = load_base_llm(local_llm_path(config, run["llm"]), cfg.base_llm)
+        features["gradient"] = lambda: gradient_features(
+            lm, tokenizer, records, max_length=cfg.evaluate.gradient_max_length, proj_dim=trained.dim, seed=cfg.seed)
     rows = []
     for name, make in features.items():
         start = time.perf_counter()
@@ -336,6 +338,9 @@ def results_markdown(results: dict[str, Any], config_path: str, extra: list[str]
         f"- AirRep: the first {cfg.train.encoder_layers or 6} of MiniLM-L6's 6 blocks (384-d)"
         + (", L2-normalised embeddings times a learnable scale (its start picked on validation from "
            f"{cfg.train.scale_candidates or [cfg.train.initial_scale]})" if cfg.train.normalize else "")
+        + ("; each pair's score adds the TF-IDF cosine (IDF of the pool being attributed) times a learnable "
+           f"weight, its start picked jointly with the scale from {cfg.train.lexical_candidates} × the scale "
+           "(rows airrep-dense and airrep-lexical: each of the two terms alone)" if cfg.train.lexical else "")
         + ("; every block, the projection and the scale" if cfg.train.trainable_layers is None
            else "; the projection and the scale (the blocks frozen, computed once per text)"
            if cfg.train.trainable_layers == 0
@@ -500,6 +505,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--scaling", default="2,6", metavar="N,N,...",
                         help="also train AirRep on the first N training splits, for the scaling curve "
                              "(default: %(default)s; empty: none)")
+    parser.add_argument("--probe-gradients", action="store_true",
+                        help="also classify tasks from the base LM's projected gradients (about 4 more minutes)")
     parser.add_argument("--compare", metavar="LABEL",
                         help="run every dataset again with --compare-set overrides (e.g. another base LM) and "
                              "add its tables to OUT/quality.json beside the main run's, which is kept as it is")
@@ -550,7 +557,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if sizes:
             run["scaling"] = scaling_curve(args.config, run, sizes)
         if dataset == "natural_instructions":
-            results["classification"] = task_classification(args.config, results["datasets"][dataset])
+            results["classification"] = task_classification(args.config, results["datasets"][dataset],
+                                                            gradients=args.probe_gradients)
     results["seconds"] = round(time.perf_counter() - start, 1)
     (out / "quality.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     files = write_report(results, args, out)
