@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "AIRREP__"
 
@@ -210,6 +210,15 @@ class EvaluateConfig(_Section):
     # Values stored per train example (LoGra: per linear layer, a perfect square); omitted
     # methods use dattri's defaults. LoGra at 4096/layer costs ~11x the time of 256/layer on CPU.
     gradient_proj_dim: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, names: list[str]) -> list[str]:
+        """A misspelt method is an error, not a silently missing row (airrep/methods/)."""
+        from airrep.methods import check_names
+
+        check_names(names)
+        return names
 
 
 class StorageConfig(_Section):

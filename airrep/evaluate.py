@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from airrep.data import Record, format_record
-from airrep.lexical import LexicalIndex
+from airrep.data import Record
 from airrep.metrics import lds
-from airrep.model import AirRep, Pooling, pool_groups_shared
+from airrep.model import Pooling, pool_groups_shared
 
 log = logging.getLogger(__name__)
 
@@ -79,24 +78,6 @@ def group_lds(sims: np.ndarray, bench: BenchmarkData, pooling: Pooling) -> float
     scores = pool_groups_shared(torch.as_tensor(sims, dtype=torch.float32),
                                 torch.as_tensor(bench.subsets, dtype=torch.long), pooling)
     return lds(scores.numpy(), bench.losses.T)
-
-
-def tfidf_scores(test: Sequence[Record], pool: Sequence[Record]) -> tuple[np.ndarray, int]:
-    """Cosine similarity of TF-IDF vectors (airrep/lexical.py, IDF of the pool)."""
-    index = LexicalIndex([format_record(r) for r in pool])
-    return index.similarity([format_record(r) for r in test]).toarray(), index.vocabulary_size
-
-
-def embedding_scores(model: AirRep, test: Sequence[Record], pool: Sequence[Record],
-                     lexical: bool = True) -> tuple[np.ndarray, int]:
-    """AirRep's pair scores (:meth:`AirRep.similarity`) and the numbers it keeps per example:
-    the embedding's, plus the TF-IDF vocabulary's for a model with the lexical channel (counted
-    as the TF-IDF row counts them). ``lexical=False``: the dense part alone."""
-    sims = model.similarity(list(test), list(pool), lexical=lexical)
-    dim = model.dim
-    if lexical and model.lexical_weight is not None:
-        dim += LexicalIndex([format_record(r) for r in pool]).vocabulary_size
-    return sims, dim
 
 
 ScoreFn = Callable[[Sequence[Record], Sequence[Record]], tuple[np.ndarray, int]]

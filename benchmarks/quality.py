@@ -121,7 +121,8 @@ def scaling_curve(config_path: str, run: dict[str, Any], sizes: list[int]) -> di
     pipeline's own model on all of them), each validated on the same held-out splits and
     scored by LDS on the benchmark: how many labelled subsets and texts are worth having."""
     from airrep.assemble import training_splits
-    from airrep.evaluate import embedding_scores, group_lds
+    from airrep.evaluate import group_lds
+    from airrep.methods.encoders import embedding_scores
     from airrep.train import train_airrep
     from tasks.labels import load_label_split
 

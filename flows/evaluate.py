@@ -8,7 +8,6 @@ from prefect import flow
 
 from flows.label_generation import config_dict
 from flows.train_evaluate_promote import benchmark_losses
-from infra.storage import safe_key
 from tasks.common import store_for, typed
 from tasks.labels import prepare_base_llm, sample_splits
 from tasks.model import evaluate_task
@@ -18,13 +17,14 @@ from tasks.model import evaluate_task
 def evaluate_model(config_path: str = "configs/tiny.yaml", overrides: list[str] | None = None,
                    model_path: str = "") -> dict[str, Any]:
     """LDS table for the AirRep at ``model_path`` and every configured baseline."""
+    from airrep.keys import evaluated_model_key
     from airrep.llm import fingerprint
 
     config = config_dict(config_path, overrides)
     index = sample_splits(config)
     llm = prepare_base_llm(config, index["key"])
     loss_keys, repeat_keys, _ = benchmark_losses(config, index["key"], llm)
-    model_key = safe_key("models", "evaluated-" + fingerprint(model_path).split(":")[-1])
+    model_key = evaluated_model_key(fingerprint(model_path))
     store = store_for(typed(config))
     if not store.exists(model_key):
         store.put_dir(model_key, model_path)

@@ -16,7 +16,7 @@ from tasks.labels import finetune_subset, subset_jobs
 def finetune_subsets(config: dict[str, Any], llm: dict[str, str], index_key: str,
                      stage: Literal["labels", "benchmark"], description: str) -> list[dict[str, Any]]:
     """Fine-tune every subset of ``stage`` in the published index; results in job order
-    (see :func:`tasks.labels.subset_jobs`).
+    (see :func:`airrep.plan.stage_jobs`).
 
     The jobs are built here from the index key, not passed in: a flow run's parameters are
     stored by the Prefect API (at most 512 KB), and the member ids of thousands of subsets
@@ -24,14 +24,14 @@ def finetune_subsets(config: dict[str, Any], llm: dict[str, str], index_key: str
     is already published is skipped inside the task, so a re-run redoes only what is missing.
     """
     logger = get_run_logger()
-    jobs = subset_jobs(config, index_key, stage)
+    jobs = subset_jobs(config, index_key, llm["fingerprint"], stage)
     orch = config["orchestration"]
     task = finetune_subset.with_options(retries=orch["task_retries"],
                                         retry_delay_seconds=orch["task_retry_delay_seconds"],
                                         timeout_seconds=orch["finetune_timeout_seconds"])
     progress_id = create_progress_artifact(progress=0.0, description=f"{description}: 0/{len(jobs)}")
     results: list[dict[str, Any] | None] = [None] * len(jobs)
-    futures = {task.submit(config, llm, job["members"], job["eval_ids"], job["seed"], job["label"]): i
+    futures = {task.submit(config, llm, job.key, job.members, job.eval_ids, job.seed, job.label): i
                for i, job in enumerate(jobs)}
     for done, future in enumerate(as_completed(list(futures)), start=1):
         results[futures[future]] = future.result()

@@ -6,10 +6,10 @@ from typing import Any
 
 from prefect import flow
 
-from airrep.config import load_config
+from airrep.config import FinetuneConfig, load_config
+from airrep.plan import label_keys
 from flows.fanout import finetune_subsets
 from flows.runners import task_runner
-from infra.storage import content_key
 from tasks.labels import load_index, normalize_labels, prepare_base_llm, sample_splits
 
 
@@ -26,13 +26,14 @@ def label_generation(config_path: str = "configs/tiny.yaml", overrides: list[str
     split_index = load_index(config, index["key"])
     fan_out = finetune_subsets.with_options(task_runner=task_runner(_orchestration(config)))
     results = fan_out(config, llm, index["key"], "labels", "label generation")
-    run_key = content_key(index=index["key"], llm=llm["fingerprint"], finetune=config["finetune"])
-    label_keys, position = [], 0
-    for k, split in enumerate(split_index.splits):
+    targets = label_keys(split_index, index["key"], FinetuneConfig.model_validate(config["finetune"]),
+                         llm["fingerprint"])
+    published, position = [], 0
+    for split, target in zip(split_index.splits, targets, strict=True):
         keys = [r["key"] for r in results[position : position + len(split.subsets)]]
         position += len(split.subsets)
-        label_keys.append(normalize_labels(config, k, split.dev, keys, run_key))
-    return {"index": index, "llm": llm, "label_keys": label_keys,
+        published.append(normalize_labels(config, split.dev, keys, target))
+    return {"index": index, "llm": llm, "label_keys": published,
             "computed": sum(not r["skipped"] for r in results), "skipped": sum(r["skipped"] for r in results)}
 
 

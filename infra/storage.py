@@ -55,11 +55,15 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import unquote, urlparse
 
 from airrep.atomic import atomic_path
+from airrep.keys import MARKER_SUFFIX, UnsafeKeyError, check_key, content_key, safe_key
+
+__all__ = ["ArtifactCorruptError", "ArtifactNotFoundError", "ArtifactStoreError", "UnsafeKeyError", "check_key",
+           "content_key", "open_store", "safe_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +87,6 @@ class _RedactSignedRequests(logging.Filter):
 for _name in ("botocore.endpoint", "botocore.auth", "botocore.hooks", "botocore.parsers"):
     logging.getLogger(_name).addFilter(_RedactSignedRequests())
 
-MARKER_SUFFIX = ".complete.json"
 MARKER_FORMAT = "airrep-artifact/1"
 _CHUNK = 1 << 20
 
@@ -103,10 +106,6 @@ class ArtifactCorruptError(ArtifactStoreError):
     """A published artifact whose bytes no longer match its completion marker."""
 
 
-class UnsafeKeyError(ArtifactStoreError, ValueError):
-    """A key that could address something outside the store's prefix."""
-
-
 @dataclasses.dataclass(frozen=True)
 class FileRecord:
     """What the completion marker remembers about one payload file."""
@@ -116,68 +115,6 @@ class FileRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {"sha256": self.sha256, "size": self.size}
-
-
-def safe_key(*parts: str) -> str:
-    """Join key components with ``/``, percent-escaping each so no id can leave the store.
-
-    ``safe_key("runs", "../x")`` is ``"runs/..%2Fx"``: one segment, inside ``runs/``.
-    Empty, ``.`` and ``..`` components are rejected.
-    """
-    if not parts:
-        raise UnsafeKeyError("safe_key needs at least one component")
-    escaped = []
-    for part in parts:
-        if not isinstance(part, str):
-            raise UnsafeKeyError(f"key component {part!r} is a {type(part).__name__}, not a str")
-        if part in ("", ".", ".."):
-            raise UnsafeKeyError(f"key component {part!r} is not allowed (empty, '.' or '..')")
-        escaped.append(quote(part, safe=""))
-    return check_key("/".join(escaped))
-
-
-def _canonical_default(value: Any) -> Any:
-    if hasattr(value, "model_dump"):  # pydantic models (configs)
-        return value.model_dump(mode="json")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, PurePath):
-        return value.as_posix()
-    if isinstance(value, set | frozenset):
-        return sorted(value)
-    raise TypeError(f"content_key: {type(value).__name__} is not JSON-serialisable; pass plain values")
-
-
-def content_key(**payload: Any) -> str:
-    """The first 32 hex digits of the sha256 of the payload's canonical JSON.
-
-    Canonical: sorted keys, no whitespace, UTF-8, NaN rejected; so equal payloads give
-    equal keys in every process, and a key says exactly which inputs produced it.
-    """
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False, default=_canonical_default)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
-
-
-def check_key(key: str, *, what: str = "key") -> str:
-    """Return ``key`` if it is a safe relative ``/``-path inside the store, else raise."""
-    if not isinstance(key, str):
-        raise UnsafeKeyError(f"{what} {key!r} is a {type(key).__name__}, not a str")
-    if not key:
-        raise UnsafeKeyError(f"{what} is empty")
-    if "\x00" in key:
-        raise UnsafeKeyError(f"{what} {key!r} contains a NUL character")
-    if "\\" in key:
-        raise UnsafeKeyError(f"{what} {key!r} contains a backslash; use '/' (or safe_key for ids)")
-    if key.startswith("/"):
-        raise UnsafeKeyError(f"{what} {key!r} is absolute; keys are relative to the store")
-    for segment in key.split("/"):
-        if segment in ("", ".", ".."):
-            raise UnsafeKeyError(
-                f"{what} {key!r} has an empty, '.' or '..' segment; build keys with safe_key()")
-    if key.endswith(MARKER_SUFFIX):
-        raise UnsafeKeyError(f"{what} {key!r} ends with {MARKER_SUFFIX!r}, reserved for completion markers")
-    return key
 
 
 def _check_prefix(prefix: str) -> str:

@@ -24,41 +24,21 @@ from prefect.tasks import exponential_backoff
 
 from airrep.data import CorpusError, corpus_fingerprint
 from airrep.finetune import finetune_and_evaluate
-from airrep.label_generation import finetune_key
+from airrep.keys import base_llm_key, index_key
 from airrep.labels import normalize
 from airrep.llm import fingerprint, load_base_llm, resolve_base_llm
 from airrep.paths import cache_dir, cache_lock
+from airrep.plan import FinetuneJob, Stage, stage_jobs
 from airrep.sampling import SamplingError, SubsetIndex, sample_index
-from infra.storage import content_key, safe_key
 from tasks.common import records_by_id, store_for, typed
 
 
-def subset_jobs(config: dict[str, Any], index_key: str, stage: str) -> list[dict[str, Any]]:
-    """The fine-tunes of one stage, in a fixed order: ``members``, ``eval_ids``, ``seed``, ``label``.
-
-    ``labels``: every subset of every split, split by split, scored on the split's dev set.
-    ``benchmark``: every held-out subset scored on the test set, then (with the noise
-    ceiling on) every one again with an independent seed.
-    """
-    from airrep.config import FinetuneConfig
-    from airrep.label_generation import benchmark_seed, subset_seed
-
-    index = load_index(config, index_key)
-    settings = FinetuneConfig.model_validate(config["finetune"])
-    if stage == "labels":
-        return [{"members": members, "eval_ids": split.dev, "seed": subset_seed(settings, k, j),
-                 "label": f"split{k}-subset{j}"}
-                for k, split in enumerate(index.splits) for j, members in enumerate(split.subsets)]
-    if stage != "benchmark":
-        raise ValueError(f"unknown fine-tune stage {stage!r}: 'labels' or 'benchmark'")
-    bench = index.benchmark
-    jobs = [{"members": m, "eval_ids": bench.test, "seed": benchmark_seed(settings, j), "label": f"benchmark-subset{j}"}
-            for j, m in enumerate(bench.subsets)]
-    if config["evaluate"]["noise_ceiling"]:
-        repeats = config["evaluate"].get("noise_ceiling_subsets") or len(bench.subsets)
-        jobs += [{"members": m, "eval_ids": bench.test, "seed": benchmark_seed(settings, j, repeat=True),
-                  "label": f"benchmark-repeat{j}"} for j, m in enumerate(bench.subsets[:repeats])]
-    return jobs
+def subset_jobs(config: dict[str, Any], index_key: str, llm_fingerprint: str, stage: Stage) -> list[FinetuneJob]:
+    """The fine-tunes of one stage, in the plan's order (:func:`airrep.plan.stage_jobs`)."""
+    cfg = typed(config)
+    repeats = (cfg.evaluate.noise_ceiling_subsets or len(load_index(config, index_key).benchmark.subsets)) \
+        if cfg.evaluate.noise_ceiling else 0
+    return stage_jobs(stage, load_index(config, index_key), cfg.finetune, llm_fingerprint, repeats)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -90,7 +70,7 @@ def sample_splits(config: dict[str, Any]) -> dict[str, Any]:
     by_id = records_by_id(cfg)
     records = list(by_id.values())
     corpus_fp = corpus_fingerprint(records)
-    key = safe_key("index", content_key(corpus=corpus_fp, sampling=cfg.sampling.model_dump(), seed=cfg.seed) + ".json")
+    key = index_key(corpus_fp, cfg.sampling.model_dump(), cfg.seed)
     store = store_for(cfg)
     if not store.exists(key):
         index = sample_index(records, cfg.sampling, cfg.seed, corpus_fp)
@@ -114,7 +94,7 @@ def prepare_base_llm(config: dict[str, Any], index_key: str) -> dict[str, str]:
     llm_fp = fingerprint(path, cfg.base_llm.revision)
     key = ""
     if cfg.base_llm.name in ("tiny", "smollm2") or _is_dir(path):
-        key = safe_key("base-llm", llm_fp.replace(":", "-"))
+        key = base_llm_key(llm_fp)
         store = store_for(cfg)
         if not store.exists(key):
             store.put_dir(key, path)
@@ -184,11 +164,11 @@ logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutWarningOnce())
 
 @task(cache_policy=NONE, retries=3, retry_delay_seconds=exponential_backoff(5), timeout_seconds=3600,
       task_run_name="finetune-{label}")
-def finetune_subset(config: dict[str, Any], llm: dict[str, str], members: list[str], eval_ids: list[str],
+def finetune_subset(config: dict[str, Any], llm: dict[str, str], key: str, members: list[str], eval_ids: list[str],
                     seed: int, label: str) -> dict[str, Any]:
-    """Fine-tune the base LLM on one subset and publish the per-example losses of ``eval_ids``."""
+    """Fine-tune the base LLM on one subset and publish the per-example losses of ``eval_ids``
+    under ``key`` (the plan's key for this job)."""
     cfg = typed(config)
-    key = safe_key("finetunes", finetune_key(llm["fingerprint"], members, eval_ids, cfg.finetune, seed) + ".npy")
     store = store_for(cfg)
     logger = get_run_logger()
     if store.exists(key):
@@ -207,15 +187,13 @@ def finetune_subset(config: dict[str, Any], llm: dict[str, str], members: list[s
 
 
 @task(cache_policy=NONE, retries=2, retry_delay_seconds=exponential_backoff(2))
-def normalize_labels(config: dict[str, Any], split: int, dev_ids: list[str], result_keys: list[str],
-                     run_key: str) -> str:
-    """Stack one split's fine-tune losses ``(n_subsets, n_dev)`` and publish them with labels."""
+def normalize_labels(config: dict[str, Any], dev_ids: list[str], result_keys: list[str], key: str) -> str:
+    """Stack one split's fine-tune losses ``(n_subsets, n_dev)`` and publish them with labels at ``key``."""
     cfg = typed(config)
     store = store_for(cfg)
     losses = np.stack([npy_load(store.get_bytes(k)) for k in result_keys])
     buffer = io.BytesIO()
     np.savez(buffer, losses=losses, labels=normalize(losses), dev_ids=np.array(dev_ids))
-    key = safe_key("labels", run_key, f"split_{split:03d}.npz")
     store.put_bytes(key, buffer.getvalue())
     return key
 

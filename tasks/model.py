@@ -14,13 +14,15 @@ from prefect.cache_policies import NONE
 from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
-from airrep.assemble import benchmark_data, build_methods, training_splits
-from airrep.evaluate import embedding_scores, evaluate_methods, group_lds
+from airrep import keys
+from airrep.assemble import benchmark_data, training_splits
+from airrep.evaluate import evaluate_methods, group_lds
 from airrep.llm import fingerprint
+from airrep.methods import build_methods
+from airrep.methods.encoders import embedding_scores
 from airrep.model import AirRep
 from airrep.paths import cache_dir, cache_lock
 from airrep.train import train_airrep
-from infra.storage import content_key, safe_key
 from tasks.common import records_by_id, store_for, typed
 from tasks.labels import load_index, load_label_split, local_llm_path, npy_load
 
@@ -33,8 +35,8 @@ def train_airrep_task(config: dict[str, Any], index_key: str, label_keys: list[s
     """
     cfg = typed(config)
     store = store_for(cfg)
-    model_id = content_key(labels=label_keys, train=cfg.train.model_dump(), seed=cfg.seed)
-    key, curve_key = safe_key("models", model_id), safe_key("models", f"{model_id}-curve.json")
+    model = keys.model_id(label_keys, cfg.train.model_dump(), cfg.seed)
+    key, curve_key = keys.model_key(model), keys.model_curve_key(model)
     logger = get_run_logger()
     if store.exists(key) and store.exists(curve_key):
         logger.info("AirRep for these labels and settings already published at %s, skipped", key)
@@ -67,8 +69,8 @@ def fetch_model_dir(config: dict[str, Any], key: str) -> Path:
 def benchmark_fingerprint(llm_fingerprint: str, index_key: str, config: dict[str, Any]) -> str:
     """Same benchmark ⇔ same base LLM, same held-out subsets and test set, same fine-tune settings."""
     cfg = typed(config)
-    return content_key(llm=llm_fingerprint, index=index_key, benchmark=cfg.sampling.benchmark.model_dump(),
-                       finetune=cfg.finetune.model_dump())
+    return keys.benchmark_fingerprint(llm_fingerprint, index_key, cfg.sampling.benchmark.model_dump(),
+                                      cfg.finetune.model_dump())
 
 
 @task(cache_policy=NONE, retries=1, retry_delay_seconds=10)
@@ -84,10 +86,10 @@ def evaluate_task(config: dict[str, Any], index_key: str, llm: dict[str, str], m
     bench = benchmark_data(index, records_by_id(cfg), losses, repeat)
     trained = AirRep.from_pretrained(fetch_model_dir(config, model_key), precision=cfg.train.precision)
     table = evaluate_methods(bench, build_methods(cfg, trained, local_llm_path(config, llm)))
-    out = cfg.work_path / cfg.name / "evaluation" / model_key.rsplit("/", 1)[-1]
+    out = cfg.work_path / cfg.name / "evaluation" / keys.evaluation_id(model_key)
     files = table.save(out)
     for path in files.values():
-        store.put_file(safe_key("evaluations", model_key.rsplit("/", 1)[-1], path.name), path)
+        store.put_file(keys.evaluation_key(model_key, path.name), path)
     create_markdown_artifact(
         key="lds-table",
         markdown="## LDS on held-out subsets (×100)\n\n" + table.to_markdown(),
@@ -146,7 +148,7 @@ def register_and_promote(config: dict[str, Any], index_key: str, llm: dict[str, 
         return {"name": name, "version": existing, "promoted": bool(champion and champion["version"] == existing),
                 "champion": champion["version"] if champion else None, "skipped": True}
 
-    with mlflow.start_run(run_name=f"{cfg.name}-{model_key.rsplit('/', 1)[-1][:8]}", tags=tags):
+    with mlflow.start_run(run_name=f"{cfg.name}-{keys.evaluation_id(model_key)[:8]}", tags=tags):
         mlflow.log_params(tracking.config_params(cfg))
         tracking.log_training(TrainingCurve(**curve))
         tracking.log_lds_table(table, {k: Path(v) for k, v in evaluation["files"].items()})

@@ -27,7 +27,10 @@ def test_cpu_check_reads_torchs_instruction_set_probes(monkeypatch):
 
 def test_finetune_key_records_the_precision_that_ran(monkeypatch):
     from airrep.config import FinetuneConfig
-    from airrep.label_generation import finetune_key
+    from airrep.plan import job
+
+    def finetune_key(llm, members, eval_ids, settings, seed):
+        return job(llm, settings, members, eval_ids, seed, "test").key
 
     auto = FinetuneConfig(precision="auto")
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)

@@ -1,0 +1,65 @@
+"""Text-encoder methods: the trained AirRep, each term of its score alone, and the stock encoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from airrep.methods import Method, MethodContext
+
+
+def embedding_scores(model, test: Sequence, pool: Sequence, lexical: bool = True) -> tuple[np.ndarray, int]:
+    """AirRep's pair scores (:meth:`AirRep.similarity`) and the numbers it keeps per example:
+    the embedding's, plus the TF-IDF vocabulary's for a model with the lexical channel (counted
+    as the TF-IDF row counts them). ``lexical=False``: the dense part alone."""
+    from airrep.data import format_record
+    from airrep.lexical import LexicalIndex
+
+    sims = model.similarity(list(test), list(pool), lexical=lexical)
+    dim = model.dim
+    if lexical and model.lexical_weight is not None:
+        dim += LexicalIndex([format_record(r) for r in pool]).vocabulary_size
+    return sims, dim
+
+
+def _airrep(context: MethodContext):
+    trained = context.trained
+    return None if trained is None else (lambda t, p: embedding_scores(trained, t, p))
+
+
+def _airrep_dense(context: MethodContext):
+    trained = context.trained
+    if trained is None or trained.lexical_weight is None:
+        return None
+    return lambda t, p: embedding_scores(trained, t, p, lexical=False)
+
+
+def _airrep_lexical(context: MethodContext):
+    from airrep.methods.tfidf import tfidf_scores
+
+    trained = context.trained
+    if trained is None or trained.lexical_weight is None:
+        return None
+
+    def score(test, pool):
+        sims, dim = tfidf_scores(test, pool)
+        return trained.lexical_weight * sims, dim
+    return score
+
+
+def _encoder(context: MethodContext):
+    from airrep.model import AirRep
+
+    train = context.config.train
+    untrained = AirRep.from_encoder(train.encoder, precision=train.precision)
+    untrained.model.config.max_tokens = train.max_tokens
+    return lambda t, p: embedding_scores(untrained, t, p)
+
+
+METHODS = [
+    Method("airrep", _airrep, summary="the trained AirRep"),
+    Method("airrep-dense", _airrep_dense, summary="the trained AirRep's embedding term alone"),
+    Method("airrep-lexical", _airrep_lexical, summary="the trained AirRep's weighted TF-IDF term alone"),
+    Method("encoder", _encoder, summary="the stock pretrained encoder, untrained"),
+]
