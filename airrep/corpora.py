@@ -12,6 +12,9 @@
 turns of ShareGPT conversations after their first human→assistant pair, and the reserved
 Natural Instructions subtasks. A base LM pretrained on it has seen neither dataset's
 records, so every split and benchmark is new text to it.
+
+:func:`load_records` is the one entry point for a configured corpus: one of these by name,
+or a local file / ``datasets`` name read through :mod:`airrep.data`'s field mapping.
 """
 
 from __future__ import annotations
@@ -32,7 +35,17 @@ from tqdm.auto import tqdm
 
 from airrep.atomic import atomic_path, write_text_atomic
 from airrep.config import DataConfig
-from airrep.data import CorpusError, LoadReport, Record, format_example, read_jsonl, write_jsonl
+from airrep.data import (
+    CorpusError,
+    LoadReport,
+    Record,
+    clean_records,
+    format_example,
+    iter_source_items,
+    map_items,
+    read_jsonl,
+    write_jsonl,
+)
 from airrep.paths import cache_dir, cache_lock
 
 log = logging.getLogger(__name__)
@@ -335,3 +348,22 @@ PACKAGED: dict[str, Callable[[DataConfig, LoadReport], list[Record]]] = {
     "sharegpt": load_sharegpt,
     "natural_instructions": load_natural_instructions,
 }
+
+
+def load_records(config: DataConfig) -> tuple[list[Record], LoadReport]:
+    """Load and clean the configured corpus; raise :class:`CorpusError` on bad input."""
+    report = LoadReport(source=config.source)
+    if config.source in PACKAGED:
+        raw = PACKAGED[config.source](config, report)
+    else:
+        raw = list(map_items(iter_source_items(config.source, config.split), config, report))
+    records = clean_records(raw, config, report)
+    if config.limit is not None:
+        records = records[: config.limit]
+        report.records = len(records)
+    if not records:
+        raise CorpusError(f"{config.source}: the corpus has no usable records ({report.summary()}); "
+                          "point data.source at a corpus with non-empty prompts and responses, "
+                          "and check data.fields")
+    log.info("loaded %s", report.summary())
+    return records, report

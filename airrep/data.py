@@ -277,28 +277,8 @@ def clean_records(records: Iterable[Record], config: DataConfig, report: LoadRep
     return kept
 
 
-def load_records(config: DataConfig) -> tuple[list[Record], LoadReport]:
-    """Load and clean the configured corpus; raise :class:`CorpusError` on bad input."""
-    from airrep import corpora
 
-    report = LoadReport(source=config.source)
-    if config.source in corpora.PACKAGED:
-        raw = corpora.PACKAGED[config.source](config, report)
-    else:
-        raw = list(_map_items(iter_source_items(config.source, config.split), config, report))
-    records = clean_records(raw, config, report)
-    if config.limit is not None:
-        records = records[: config.limit]
-        report.records = len(records)
-    if not records:
-        raise CorpusError(f"{config.source}: the corpus has no usable records ({report.summary()}); "
-                          "point data.source at a corpus with non-empty prompts and responses, "
-                          "and check data.fields")
-    log.info("loaded %s", report.summary())
-    return records, report
-
-
-def _map_items(
+def map_items(
     items: Iterable[tuple[str, Any]], config: DataConfig, report: LoadReport
 ) -> Iterator[Record]:
     for where, item in items:

@@ -1,4 +1,4 @@
-"""Attribution labels from subset fine-tune losses (paper §3.3, DESIGN.md §1)."""
+"""Attribution labels from subset fine-tune losses (paper §3.3)."""
 
 from __future__ import annotations
 

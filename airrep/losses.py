@@ -1,4 +1,4 @@
-"""Weighted pairwise ranking loss (paper §3.4, DESIGN.md §1)."""
+"""Weighted pairwise ranking loss (paper §3.4)."""
 
 from __future__ import annotations
 

@@ -60,7 +60,8 @@ def timed(fn: Callable, *args, **kwargs) -> tuple[object, float]:
 
 def sharegpt_texts(n: int) -> list[str]:
     from airrep.config import DataConfig
-    from airrep.data import format_record, load_records
+    from airrep.corpora import load_records
+    from airrep.data import format_record
 
     records, _ = load_records(DataConfig())
     return [format_record(r) for r in records[:n]]
@@ -185,7 +186,7 @@ def bench_label_generation(n_subsets: int = 8, subset_size: int = 100, n_dev: in
     import multiprocessing
 
     from airrep.config import BaseLLMConfig, DataConfig, FinetuneConfig, TinyLMConfig
-    from airrep.data import load_records
+    from airrep.corpora import load_records
     from airrep.finetune import collate, tokenize_records
     from airrep.llm import build_tiny_lm, load_base_llm
     from flows.runners import default_workers, torch_threads_per_worker
@@ -246,7 +247,7 @@ def bench_attribution(n_test: int = 20, n_train: int = 100, proj_dim: int = 16) 
     (encode both sets, then one matrix product). Also the bytes each stores per example."""
     from airrep.baselines.gradient import gradient_scores
     from airrep.config import BaseLLMConfig, DataConfig
-    from airrep.data import load_records
+    from airrep.corpora import load_records
     from airrep.llm import load_base_llm, smollm2_dir
     from airrep.model import AirRep
 

@@ -11,7 +11,8 @@ import functools
 from typing import Any
 
 from airrep.config import PipelineConfig
-from airrep.data import Record, load_records
+from airrep.corpora import load_records
+from airrep.data import Record
 from infra.storage import ArtifactStore, open_store
 
 

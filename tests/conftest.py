@@ -38,7 +38,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from airrep.config import BaseLLMConfig, DataConfig, TinyLMConfig, load_config
-from airrep.data import Record, format_record, load_records
+from airrep.corpora import load_records
+from airrep.data import Record, format_record
 from airrep.llm import build_tiny_lm, train_tokenizer
 from airrep.transformers_lock import TRANSFORMERS_LOCK
 from infra.storage import open_store

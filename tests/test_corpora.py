@@ -15,9 +15,10 @@ from airrep.corpora import (
     BIGBENCH_VERSION,
     iter_json_array,
     load_natural_instructions,
+    load_records,
     natural_instruction_records,
 )
-from airrep.data import CorpusError, LoadReport, format_example, format_record, load_records
+from airrep.data import CorpusError, LoadReport, format_example, format_record
 
 
 def sharegpt_like(n: int) -> list[dict]:

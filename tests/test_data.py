@@ -5,12 +5,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from airrep.config import DataConfig, FieldMapping
+from airrep.corpora import load_records
 from airrep.data import (
     CorpusError,
     Record,
     format_example,
     format_record,
-    load_records,
     read_jsonl,
     truncate_words,
     write_jsonl,
