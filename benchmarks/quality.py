@@ -84,7 +84,7 @@ def run_dataset(config_path: str, dataset: str, extra: list[str]) -> dict[str, A
 def _run_inputs(config_path: str, run: dict[str, Any]):
     """The typed config, index, records and benchmark of a finished pipeline run."""
     from airrep.assemble import benchmark_data
-    from flows.label_generation import config_dict
+    from flows.common import config_dict
     from tasks.common import records_by_id, store_for, typed
     from tasks.labels import load_index, npy_load
 
@@ -162,7 +162,7 @@ def task_classification(config_path: str, run: dict[str, Any], gradients: bool =
     from airrep.llm import load_base_llm
     from airrep.metrics import classification_accuracy
     from airrep.model import AirRep
-    from flows.label_generation import config_dict
+    from flows.common import config_dict
     from tasks.common import records_by_id, typed
     from tasks.labels import load_index, local_llm_path
     from tasks.model import fetch_model_dir

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.label_generation import config_dict
+from flows.common import config_dict
 from flows.train_evaluate_promote import benchmark_losses
 from tasks.common import store_for, typed
 from tasks.labels import prepare_base_llm, sample_splits

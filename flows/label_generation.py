@@ -6,15 +6,12 @@ from typing import Any
 
 from prefect import flow
 
-from airrep.config import FinetuneConfig, load_config
+from airrep.config import FinetuneConfig
 from airrep.plan import label_keys
+from flows.common import config_dict, orchestration
 from flows.fanout import finetune_subsets
 from flows.runners import task_runner
 from tasks.labels import load_index, normalize_labels, prepare_base_llm, sample_splits
-
-
-def config_dict(config_path: str, overrides: list[str] | None) -> dict[str, Any]:
-    return load_config(config_path, overrides or []).model_dump(mode="json")
 
 
 @flow(name="label-generation", log_prints=True)
@@ -24,7 +21,7 @@ def label_generation(config_path: str = "configs/tiny.yaml", overrides: list[str
     index = sample_splits(config)
     llm = prepare_base_llm(config, index["key"])
     split_index = load_index(config, index["key"])
-    fan_out = finetune_subsets.with_options(task_runner=task_runner(_orchestration(config)))
+    fan_out = finetune_subsets.with_options(task_runner=task_runner(orchestration(config)))
     results = fan_out(config, llm, index["key"], "labels", "label generation")
     targets = label_keys(split_index, index["key"], FinetuneConfig.model_validate(config["finetune"]),
                          llm["fingerprint"])
@@ -36,8 +33,3 @@ def label_generation(config_path: str = "configs/tiny.yaml", overrides: list[str
     return {"index": index, "llm": llm, "label_keys": published,
             "computed": sum(not r["skipped"] for r in results), "skipped": sum(r["skipped"] for r in results)}
 
-
-def _orchestration(config: dict[str, Any]):
-    from airrep.config import OrchestrationConfig
-
-    return OrchestrationConfig.model_validate(config["orchestration"])

@@ -6,8 +6,9 @@ from typing import Any
 
 from prefect import flow
 
+from flows.common import config_dict, orchestration
 from flows.fanout import finetune_subsets
-from flows.label_generation import _orchestration, config_dict, label_generation
+from flows.label_generation import label_generation
 from flows.runners import task_runner
 from tasks.labels import load_index
 from tasks.model import benchmark_fingerprint, evaluate_task, register_and_promote, train_airrep_task
@@ -18,7 +19,7 @@ def benchmark_losses(config: dict[str, Any], index_key: str,
     """Fine-tune every held-out benchmark subset (twice when the noise ceiling is on, with
     independent seeds); returns the published loss keys of both runs and all results."""
     bench = load_index(config, index_key).benchmark
-    fan_out = finetune_subsets.with_options(task_runner=task_runner(_orchestration(config)))
+    fan_out = finetune_subsets.with_options(task_runner=task_runner(orchestration(config)))
     results = fan_out(config, llm, index_key, "benchmark", "benchmark")
     keys = [r["key"] for r in results]
     n = len(bench.subsets)

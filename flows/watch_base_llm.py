@@ -16,7 +16,7 @@ from prefect import flow
 from prefect.events import emit_event
 from prefect.logging import get_run_logger
 
-from flows.label_generation import config_dict
+from flows.common import config_dict
 from flows.pipeline import pipeline
 from tasks.labels import sample_splits
 from tasks.model import fingerprint_base_llm

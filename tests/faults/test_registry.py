@@ -12,7 +12,8 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from airrep.config import load_config
-from flows.label_generation import config_dict, label_generation
+from flows.common import config_dict
+from flows.label_generation import label_generation
 from flows.pipeline import pipeline
 from infra import tracking
 from tasks.model import register_and_promote, train_airrep_task
