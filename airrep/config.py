@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -293,6 +294,52 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``AIRREP__SECTION__KEY=value`` variables of ``environ`` as a nested dict, read by
+    pydantic-settings against the config's own fields (``__`` nests; lists and mappings are
+    JSON, e.g. ``AIRREP__TRAIN__SCALE_CANDIDATES='[5, 10]'``). Values are validated with the
+    rest of the config, so a misspelt key or a bad value fails there, naming the field."""
+    from pydantic import create_model
+    from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+    fields = {name: (field.annotation | None, None) for name, field in PipelineConfig.model_fields.items()}
+    settings = create_model("EnvironmentOverrides", __base__=BaseSettings, **fields)
+    settings.model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__",
+                                               case_sensitive=False)
+
+    class _Source(EnvSettingsSource):  # reads the given mapping instead of os.environ (tests pass one)
+        def _load_env_vars(self) -> Mapping[str, str | None]:
+            return {name.lower(): value for name, value in environ.items()}  # case-insensitive, as configured
+
+    from pydantic_settings import SettingsError
+
+    try:
+        values = _Source(settings)()
+    except SettingsError as exc:
+        raise ConfigError(f"environment: {exc} ({exc.__cause__ or 'unreadable value'}); lists and mappings "
+                          f"in {ENV_PREFIX}* variables are JSON, e.g. {ENV_PREFIX}TRAIN__SCALE_CANDIDATES='[5, 10]'"
+                          ) from None
+    return {k: _typed_leaves(v) for k, v in values.items() if v is not None}
+
+
+def _typed_leaves(value: Any) -> Any:
+    """Scalars typed as in the config file and in ``--set`` (YAML: numbers, booleans, null)."""
+    if isinstance(value, dict):
+        return {k: _typed_leaves(v) for k, v in value.items()}
+    if isinstance(value, str):
+        return yaml.safe_load(value) if value.strip() else ""
+    return value
+
+
+def _merge(tree: dict[str, Any], update: dict[str, Any]) -> None:
+    """Deep-merge ``update`` into ``tree`` (a section's other keys from the file are kept)."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            _merge(tree[key], value)
+        else:
+            tree[key] = value
+
+
 def _parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like section.key=value (e.g. finetune.lr=1e-4)")
@@ -319,7 +366,8 @@ def load_config(
     overrides: list[str] | None = None,
     environ: dict[str, str] | None = None,
 ) -> PipelineConfig:
-    """Load a YAML config, then apply ``AIRREP__A__B=v`` environment values and overrides.
+    """Load a YAML config, then apply ``AIRREP__A__B=v`` environment values
+    (:func:`environment_overrides`) and ``a.b=v`` overrides.
 
     Later sources win: file < environment < explicit overrides.
     """
@@ -337,11 +385,7 @@ def load_config(
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         tree = loaded
         origin = str(path)
-    env = os.environ if environ is None else environ
-    for name, raw in sorted(env.items()):
-        if name.startswith(ENV_PREFIX):
-            dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-            _set_dotted(tree, dotted, yaml.safe_load(raw) if raw else "")
+    _merge(tree, environment_overrides(os.environ if environ is None else environ))
     for item in overrides or []:
         key, value = _parse_override(item)
         _set_dotted(tree, key, value)

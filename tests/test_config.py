@@ -169,3 +169,13 @@ def test_save_config_round_trips(tmp_path):
     assert again == config
     assert again.fingerprint() == config.fingerprint()
     assert load_config(TINY, environ={}).fingerprint() != config.fingerprint()
+
+
+def test_environment_lists_and_mappings_are_json_and_bad_json_is_a_config_error():
+    config = load_config(TINY, environ={"AIRREP__TRAIN__SCALE_CANDIDATES": "[5, 10]",
+                                        "AIRREP__EVALUATE__GRADIENT_PROJ_DIM": '{"logra": 64}',
+                                        "airrep__train__lexical": "false"})
+    assert config.train.scale_candidates == [5.0, 10.0] and config.evaluate.gradient_proj_dim == {"logra": 64}
+    assert config.train.lexical is False and config.train.steps == load_config(TINY, environ={}).train.steps
+    with pytest.raises(ConfigError, match="JSON"):
+        load_config(TINY, environ={"AIRREP__TRAIN__SCALE_CANDIDATES": "[5, x"})
