@@ -270,6 +270,72 @@ def bench_attribution(n_test: int = 20, n_train: int = 100, proj_dim: int = 16) 
                                         "ratio": gradient.dim / airrep.dim}}
 
 
+PAPER_AMORTISATION_EXAMPLES = 475_000  # the paper's break-even corpus size, on GPUs (Qwen2.5-0.5B)
+
+
+def bench_amortisation(config_path: str = "configs/bench.yaml", n_train: int = 24, n_test: int = 8,
+                       n_finetune: int = 16, n_encode: int = 256) -> dict:
+    """The paper's amortisation figure on this machine: the corpus size at which AirRep's
+    whole cost (its label fine-tunes, its training, encoding the corpus and the queries)
+    drops below LoGra's cost of attributing the same corpus, with SmolLM2-135M as the base
+    LLM (the real LLM this machine runs) and the bench config's label budget.
+
+    Measured in this run: SmolLM2's fine-tune tokens/s and its scoring seconds per dev
+    example (one epoch on ``n_finetune`` records), LoGra's (dattri) seconds per example on
+    SmolLM2 (16 numbers per linear layer), and the bench AirRep's seconds per text
+    (its encoder and the TF-IDF term). Derived, not timed whole: one bench-config fine-tune
+    (``subset_size × epochs`` records at the measured tokens/s, plus scoring ``n_dev``
+    examples), and AirRep's training as one pass of its frozen blocks over every distinct
+    training text (the 100 projection steps take about 3 s, see ``train_pairs``).
+    """
+    from airrep.baselines.gradient import gradient_scores
+    from airrep.config import BaseLLMConfig, DataConfig, load_config
+    from airrep.corpora import load_records
+    from airrep.data import format_record
+    from airrep.finetune import finetune_and_evaluate, tokenize_records
+    from airrep.lexical import lexical_similarity
+    from airrep.llm import load_base_llm, smollm2_dir
+    from airrep.model import AirRep
+
+    cfg = load_config(config_path, environ={})
+    s, train = cfg.sampling, cfg.train
+    records, _ = load_records(DataConfig())
+    model, tokenizer = load_base_llm(str(smollm2_dir()), BaseLLMConfig(name="smollm2"))
+    probe = cfg.finetune.model_copy(update={"epochs": 1})
+    _, stats = finetune_and_evaluate(model, tokenizer, records[8000 : 8000 + n_finetune],
+                                     records[8100 : 8100 + n_finetune], probe, seed=0)
+    sample = tokenize_records(tokenizer, records[9000:9200], cfg.finetune.max_length)
+    tokens_per_record = float(np.mean([len(e.input_ids) for e in sample]))  # as FinetuneStats counts them
+    finetune_s = (s.subset_size * cfg.finetune.epochs * tokens_per_record / stats.tokens_per_second
+                  + s.n_dev * stats.eval_seconds / n_finetune)
+    n_finetunes = s.n_splits * s.n_subsets
+
+    test, pool = records[6000 : 6000 + n_test], records[7000 : 7000 + n_train]
+    logra = gradient_scores("logra", model, tokenizer, pool, test, max_length=cfg.evaluate.gradient_max_length,
+                            proj_dim=16, seed=0)  # the smallest per-layer size; LoGra's cost barely depends on it
+    logra_s = logra.seconds / (n_train + n_test)
+
+    airrep = AirRep.from_encoder(train.encoder, precision=train.precision, layers=train.encoder_layers,
+                                 normalize=train.normalize)
+    airrep.model.config.max_tokens = train.max_tokens
+    texts = [format_record(r) for r in records[10000 : 10000 + n_encode]]
+    airrep.encode(texts[:8])
+    _, encode_s = timed(airrep.encode, texts)
+    _, lexical_s = timed(lexical_similarity, texts[: n_encode // 2], texts[n_encode // 2 :])
+    airrep_s = (encode_s + lexical_s) / n_encode
+    training_s = s.n_splits * (s.n_dev + s.n_pool) * encode_s / n_encode
+    fixed_s = n_finetunes * finetune_s + training_s
+    break_even = fixed_s / (logra_s - airrep_s) if logra_s > airrep_s else float("inf")
+    return {"amortisation_examples": break_even, "paper_amortisation_examples": PAPER_AMORTISATION_EXAMPLES,
+            "base_llm": "SmolLM2-135M", "label_finetunes": n_finetunes, "finetune_seconds_each": finetune_s,
+            "finetune_tokens_per_s": stats.tokens_per_second, "train_tokens_per_record": tokens_per_record,
+            "airrep_training_seconds": training_s, "airrep_fixed_seconds": fixed_s,
+            "airrep_seconds_per_example": airrep_s, "logra_seconds_per_example": logra_s,
+            "logra_numbers_per_example": logra.dim, "airrep_numbers_per_example": airrep.dim,
+            "measured_on": {"finetune_records": n_finetune, "logra_examples": n_train + n_test,
+                            "encoded_texts": n_encode}}
+
+
 def bench_train_pairs(config_path: str = "configs/bench.yaml", steps: int = 3) -> dict:
     """Label pairs (dev example × subset) per second of AirRep training steps: the bench
     config's step (its encoder, frozen-layer cache, one backward pass when it fits, every
@@ -329,7 +395,7 @@ def bench_train_pairs(config_path: str = "configs/bench.yaml", steps: int = 3) -
 
 
 BENCHES = {"encode": bench_encode, "lds": bench_lds, "topk": bench_topk, "label_generation": bench_label_generation,
-           "attribution": bench_attribution, "train_pairs": bench_train_pairs}
+           "attribution": bench_attribution, "train_pairs": bench_train_pairs, "amortisation": bench_amortisation}
 
 
 def main() -> None:
