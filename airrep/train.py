@@ -287,7 +287,7 @@ def _pick_scale(model: AirRepModel, bank: TextBank, held_out: Sequence[PreparedS
     here, on the held-out splits, before the first step. The embeddings are encoded once at
     scale 1; a scale multiplies their dot products.
     """
-    scales = config.scale_candidates or [float(model.log_scale.exp() ** 2)]
+    scales = config.scale_candidates or [(model.log_scale.detach().exp() ** 2).item()]
     ratios = config.lexical_candidates if model.config.lexical else [None]
     model.set_scale(1.0)
     was_training = model.training
