@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--report-only", action="store_true",
                         help="re-draw the plots and RESULTS.md from OUT/quality.json without running anything")
     parser.add_argument("--markdown", default=str(ROOT / "RESULTS.md"), help="report file (default: %(default)s)")
-    parser.add_argument("--scaling", default="2,6", metavar="N,N,...",
+    parser.add_argument("--scaling", default="2", metavar="N,N,...",
                         help="also train AirRep on the first N training splits, for the scaling curve "
                              "(default: %(default)s; empty: none)")
     parser.add_argument("--probe-gradients", action="store_true",
