@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from airrep.data import Record
+from airrep.methods import ScoreFn
 from airrep.metrics import lds
 from airrep.model import Pooling, pool_groups_shared
 
@@ -80,7 +80,6 @@ def group_lds(sims: np.ndarray, bench: BenchmarkData, pooling: Pooling) -> float
     return lds(scores.numpy(), bench.losses.T)
 
 
-ScoreFn = Callable[[Sequence[Record], Sequence[Record]], tuple[np.ndarray, int]]
 
 
 def evaluate_methods(

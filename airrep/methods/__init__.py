@@ -17,16 +17,16 @@ import importlib
 import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
 
     from airrep.config import PipelineConfig
     from airrep.data import Record
-    from airrep.model import AirRep
+    from airrep.model import AirRep, Pooling
 
-Pooling = Literal["attention", "sum"]
+# What a method's scorer is: (test, pool) -> ((n_test, n_pool) pair scores, numbers kept per pool example).
 ScoreFn = Callable[[Sequence["Record"], Sequence["Record"]], tuple["np.ndarray", int]]
 
 
