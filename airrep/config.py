@@ -230,7 +230,7 @@ class StorageConfig(_Section):
     servers), never from this file, so they never reach logs, params or artifacts.
     """
 
-    uri: str = ".work/artifacts"
+    uri: str | None = None  # default: <work_dir>/artifacts (filled in when the config is validated)
     max_attempts: int = Field(8, gt=0)
 
 
@@ -272,6 +272,14 @@ class PipelineConfig(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+
+    @model_validator(mode="after")
+    def _artifacts_under_work_dir(self) -> PipelineConfig:
+        """An unset ``storage.uri`` is ``<work_dir>/artifacts``, not a path relative to wherever
+        the run was started (a run whose ``work_dir`` points elsewhere kept its artifacts there)."""
+        if self.storage.uri is None:
+            self.storage.uri = str(Path(self.work_dir) / "artifacts")
+        return self
 
     def fingerprint(self) -> str:
         """A short hash of the whole config, for tags and cache keys."""

@@ -179,3 +179,11 @@ def test_environment_lists_and_mappings_are_json_and_bad_json_is_a_config_error(
     assert config.train.lexical is False and config.train.steps == load_config(TINY, environ={}).train.steps
     with pytest.raises(ConfigError, match="JSON"):
         load_config(TINY, environ={"AIRREP__TRAIN__SCALE_CANDIDATES": "[5, x"})
+
+
+def test_artifacts_default_to_the_work_dir_not_the_current_directory():
+    assert load_config(TINY, ["work_dir=/tmp/elsewhere"], environ={}).storage.uri == "/tmp/elsewhere/artifacts"
+    assert load_config(TINY, ["work_dir=/tmp/w", "storage.uri=s3://b/p"], environ={}).storage.uri == "s3://b/p"
+    assert load_config("configs/bench.yaml", environ={}).storage.uri == ".work/bench/artifacts"
+    config = load_config(TINY, ["work_dir=/tmp/w"], environ={})
+    assert PipelineConfig.model_validate(config.model_dump(mode="json")) == config  # stable through a task's dict
