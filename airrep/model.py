@@ -211,16 +211,6 @@ class AirRepModel(PreTrainedModel):
         return self.pool(hidden, attention_mask)
 
 
-def group_scores(query_emb: torch.Tensor, train_emb: torch.Tensor, groups: torch.Tensor,
-                 pooling: Pooling = "attention") -> torch.Tensor:
-    """Scores of every group for every query, ``(n_query, n_groups)``; differentiable.
-
-    ``groups``: ``(n_groups, group_size)`` indices into ``train_emb`` (equal-size groups, as
-    subsets of one split are).
-    """
-    return pool_groups(query_emb @ train_emb.T, groups, pooling)
-
-
 def pool_groups(sims: torch.Tensor, groups: torch.Tensor, pooling: Pooling = "attention") -> torch.Tensor:
     """Pool per-example scores ``(n_query, n_train)`` into group scores ``(n_query, n_groups)``.
 
