@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig,
 from transformers.utils import logging as hf_logging
 
 from airrep.data import Record, format_record, split_formatted, truncate_pair
-from airrep.lexical import lexical_similarity
+from airrep.lexical import LexicalIndex
 from airrep.precision import resolve_precision
 from airrep.transformers_lock import TRANSFORMERS_LOCK
 
@@ -416,15 +416,17 @@ class AirRep:
         return self.model.lexical_weight.item() if getattr(self.model.config, "lexical", False) else None
 
     def similarity(self, queries: Sequence[str | Record], corpus: Sequence[str | Record],
-                   lexical: bool = True) -> np.ndarray:
+                   lexical: bool = True, index: LexicalIndex | None = None) -> np.ndarray:
         """Example-level scores ``(n_queries, n_corpus)``: the embeddings' dot product, plus the
         weighted TF-IDF cosine (IDF of ``corpus``) for a model with the lexical channel, unless
-        ``lexical=False`` (the dense part alone, an ablation)."""
+        ``lexical=False`` (the dense part alone, an ablation). ``index``: the corpus's
+        :class:`LexicalIndex`, when the caller already has one."""
         queries = [format_record(t) if isinstance(t, Record) else t for t in queries]
         corpus = [format_record(t) if isinstance(t, Record) else t for t in corpus]
         sims = self.encode(queries) @ self.encode(corpus).T
         if lexical and self.lexical_weight is not None:
-            sims += self.lexical_weight * lexical_similarity(queries, corpus)
+            index = index or LexicalIndex(corpus)
+            sims += self.lexical_weight * index.similarity(queries).toarray()
         return sims
 
     @staticmethod

@@ -16,11 +16,10 @@ def embedding_scores(model, test: Sequence, pool: Sequence, lexical: bool = True
     from airrep.data import format_record
     from airrep.lexical import LexicalIndex
 
-    sims = model.similarity(list(test), list(pool), lexical=lexical)
-    dim = model.dim
-    if lexical and model.lexical_weight is not None:
-        dim += LexicalIndex([format_record(r) for r in pool]).vocabulary_size
-    return sims, dim
+    if not (lexical and model.lexical_weight is not None):
+        return model.similarity(list(test), list(pool), lexical=False), model.dim
+    index = LexicalIndex([format_record(r) for r in pool])  # fitted once: the scores and the count
+    return model.similarity(list(test), list(pool), index=index), model.dim + index.vocabulary_size
 
 
 def _airrep(context: MethodContext):
