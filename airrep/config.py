@@ -211,6 +211,10 @@ class EvaluateConfig(_Section):
     # Values stored per train example (LoGra: per linear layer, a perfect square); omitted
     # methods use dattri's defaults. LoGra at 4096/layer costs ~11x the time of 256/layer on CPU.
     gradient_proj_dim: dict[str, int] = Field(default_factory=dict)
+    # The LDS-versus-storage frontier: each method here (the gradient methods) runs once more
+    # per budget of numbers kept per pool example, as the row ``name-sum@N`` (LoGra: the largest
+    # per-layer square within N). AirRep keeps 384 (plus its sparse TF-IDF row).
+    frontier: dict[str, list[int]] = Field(default_factory=dict)
 
     @field_validator("methods")
     @classmethod
@@ -220,6 +224,16 @@ class EvaluateConfig(_Section):
 
         check_names(names)
         return names
+
+    @field_validator("frontier")
+    @classmethod
+    def _sized_methods(cls, frontier: dict[str, list[int]]) -> dict[str, list[int]]:
+        from airrep.methods import check_frontier
+
+        check_frontier(frontier)
+        if any(n < 1 for budgets in frontier.values() for n in budgets):
+            raise ValueError("evaluate.frontier budgets are numbers per example: each at least 1")
+        return frontier
 
 
 class StorageConfig(_Section):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from airrep.data import Record
-from airrep.methods import ScoreFn
+from airrep.methods import ScoreFn, row_name
 from airrep.metrics import lds
 from airrep.model import Pooling, pool_groups_shared
 
@@ -39,11 +39,17 @@ class BenchmarkData:
 
 @dataclass
 class MethodResult:
+    """One row. ``dim``: numbers kept per pool example, as the paper counts them; ``bytes``:
+    bytes kept per pool example, as stored; ``seconds``: scoring the whole test set against
+    the pool (indexing the pool included); ``seconds_per_query``: that over the test set."""
+
     method: str
     lds: float
     dim: int | None
     seconds: float
     note: str = ""
+    bytes: float | None = None
+    seconds_per_query: float | None = None
 
 
 @dataclass
@@ -55,12 +61,13 @@ class LDSTable:
         return {"rows": [asdict(r) for r in self.rows], "noise_ceiling": self.noise_ceiling}
 
     def to_markdown(self) -> str:
-        lines = ["| method | LDS×100 | dim | seconds |", "|---|---|---|---|"]
+        lines = ["| method | LDS×100 | dim | bytes per example | seconds |", "|---|---|---|---|---|"]
         for r in self.rows:
             dim = "-" if r.dim is None else str(r.dim)
-            lines.append(f"| {r.method} | {100 * r.lds:.2f} | {dim} | {r.seconds:.1f} |")
+            size = "-" if r.bytes is None else f"{r.bytes:,.0f}"
+            lines.append(f"| {r.method} | {100 * r.lds:.2f} | {dim} | {size} | {r.seconds:.1f} |")
         if self.noise_ceiling is not None:
-            lines.append(f"| *noise ceiling (second seed)* | {100 * self.noise_ceiling:.2f} | - | - |")
+            lines.append(f"| *noise ceiling (second seed)* | {100 * self.noise_ceiling:.2f} | - | - | - |")
         return "\n".join(lines)
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
@@ -80,8 +87,6 @@ def group_lds(sims: np.ndarray, bench: BenchmarkData, pooling: Pooling) -> float
     return lds(scores.numpy(), bench.losses.T)
 
 
-
-
 def evaluate_methods(
     bench: BenchmarkData,
     methods: dict[str, tuple[ScoreFn, tuple[Pooling, ...]]],
@@ -89,7 +94,8 @@ def evaluate_methods(
     """One row per (method, pooling): ``methods[name] = (score_fn, poolings)``.
 
     Row names are ``name`` for attention pooling and ``name-sum`` for sum pooling (the
-    ablation). ``seconds`` is the time to score the test set against the pool.
+    ablation), with a storage budget's ``@N`` after them. ``seconds`` is the time to score
+    the test set against the pool.
     """
     table = LDSTable()
     if bench.losses_repeat is not None:  # over the subsets fine-tuned twice (all, or the first n)
@@ -98,15 +104,16 @@ def evaluate_methods(
     for name, (score_fn, poolings) in methods.items():
         start = time.perf_counter()
         try:
-            sims, dim = score_fn(bench.test, bench.pool)
+            sims, stored = score_fn(bench.test, bench.pool)
         except Exception as exc:  # one failing baseline must not hide the others' results
             log.exception("method %s failed", name)
             table.rows.append(MethodResult(name, float("nan"), None, 0.0, f"failed: {exc}"))
             continue
         seconds = time.perf_counter() - start
         for pooling in poolings:
-            row = name if pooling == "attention" else f"{name}-sum"
-            table.rows.append(MethodResult(row, group_lds(sims, bench, pooling), dim, seconds))
+            row = row_name(name, pooling)
+            table.rows.append(MethodResult(row, group_lds(sims, bench, pooling), stored.numbers, seconds,
+                                           bytes=stored.bytes, seconds_per_query=seconds / len(bench.test)))
             log.info("%s: LDS×100 %.2f", row, 100 * table.rows[-1].lds)
     return table
 

@@ -33,6 +33,14 @@ class LexicalIndex:
     def vocabulary_size(self) -> int:
         return len(getattr(self.vectorizer, "vocabulary_", {}))
 
+    @property
+    def bytes_per_row(self) -> float:
+        """Mean bytes a corpus row takes as stored here (CSR: values, column indices, row pointer)."""
+        if self.matrix is None or not self.matrix.shape[0]:
+            return 0.0
+        m = self.matrix
+        return (m.data.nbytes + m.indices.nbytes + m.indptr.nbytes) / m.shape[0]
+
     def similarity(self, queries: Sequence[str]) -> sparse.csr_matrix:
         """Cosines ``(n_queries, n_corpus)``, sparse: a pair sharing no word scores 0."""
         if self.matrix is None:

@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.frontier import frontier_markdown, plot_frontier
 from benchmarks.speed import machine
-from flows.cli import ensure_prefect_home, setup_logging
+from flows.cli import prepare_environment, setup_logging
 
 log = logging.getLogger("benchmarks.quality")
 
@@ -393,6 +394,7 @@ def results_markdown(results: dict[str, Any], config_path: str, extra: list[str]
                      f"({data['finetunes_skipped']} reused), AirRep training {curve['seconds'] / 60:.1f} min "
                      f"(frozen layers once: {curve.get('cache_seconds', 0):.0f} s){kept}, final training pair "
                      f"accuracy {np.mean(curve['pair_accuracy'][-10:]):.3f}.")
+    lines += frontier_markdown(results)
     lines += base_lm_markdown(results)
     lines += scaling_markdown(results)
     classification = results.get("classification")
@@ -515,7 +517,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         metavar="SECTION.KEY=VALUE", help="override for the --compare run (repeatable)")
     args = parser.parse_args(argv)
     setup_logging(verbose=False)  # the CLI's format and quieted loggers
-    ensure_prefect_home()
+    prepare_environment()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.compare:
@@ -578,6 +580,9 @@ def write_report(results: dict[str, Any], args: argparse.Namespace, out: Path) -
     if any(d.get("scaling") for d in results["datasets"].values()):
         files.append(out / "quality-scaling.png")
         plot_scaling(results, files[-1])
+    if frontier_markdown(results):
+        files.append(out / "quality-frontier.png")
+        plot_frontier(results, files[-1])
     if results.get("classification"):
         files.append(out / "quality-classification.png")
         plot_classification(results["classification"], files[-1])

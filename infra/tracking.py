@@ -207,10 +207,11 @@ def log_lds_table(table: LDSTable, artifacts: Mapping[str, Path], run_id: str | 
     now = int(1000 * time.time())
     metrics = []
     for row in table.rows:
+        key = f"lds_{row.method.replace('@', '_')}"  # MLflow names allow no "@" (row logra-sum@384)
         if row.lds is None or not math.isfinite(row.lds):
-            client.set_tag(run_id, f"lds_{row.method}_skipped", row.note or "LDS is not finite")
+            client.set_tag(run_id, f"{key}_skipped", row.note or "LDS is not finite")
             continue
-        metrics.append(Metric(f"lds_{row.method}", float(row.lds), now, 0))
+        metrics.append(Metric(key, float(row.lds), now, 0))
     if table.noise_ceiling is not None and math.isfinite(table.noise_ceiling):
         metrics.append(Metric("noise_ceiling", float(table.noise_ceiling), now, 0))
     if metrics:

@@ -5,7 +5,7 @@ from transformers import AutoTokenizer, BertConfig
 
 from airrep.config import ConfigError, load_config
 from airrep.data import Record
-from airrep.methods import build_methods, registry, row_names
+from airrep.methods import Stored, build_methods, registry, row_name, row_names
 from airrep.model import AirRep, AirRepConfig, AirRepModel, resolve_encoder
 
 
@@ -47,9 +47,33 @@ def test_methods_come_in_the_configs_order_and_the_terms_add_up():
     np.testing.assert_allclose(scores["airrep-lexical"][0], 3.0 * scores["tfidf"][0], rtol=1e-6)
     np.testing.assert_allclose(scores["airrep"][0], scores["airrep-dense"][0] + scores["airrep-lexical"][0],
                                rtol=1e-5, atol=1e-6)
-    assert scores["airrep"][1] == 32 + scores["tfidf"][1] and scores["airrep-dense"][1] == 32
+    assert scores["airrep-dense"][1] == Stored(32, 128.0)
+    assert scores["airrep"][1] == Stored.dense(32) + scores["tfidf"][1]
+    # TF-IDF is counted as a dense vocabulary row, but stored sparse: far fewer bytes.
+    tfidf = scores["tfidf"][1]
+    assert tfidf.numbers > 5 and 0 < tfidf.bytes < 4 * tfidf.numbers * 2
 
 
 def test_terms_of_a_dense_model_are_left_out():
     config = load_config("configs/tiny.yaml", ["evaluate.methods=[airrep,airrep-dense,airrep-lexical]"], environ={})
     assert list(build_methods(config, _lexical_airrep(None))) == ["airrep"]
+
+
+def test_frontier_budgets_add_one_entry_per_size_after_the_methods():
+    config = load_config("configs/tiny.yaml", ["evaluate.methods=[tfidf,logra]",
+                                              "evaluate.frontier={logra: [384, 18432], trak: [384]}"], environ={})
+    methods = build_methods(config, None, llm_path="unused-until-scored")
+    assert list(methods) == ["tfidf", "logra", "logra@384", "logra@18432", "trak@384"]
+    assert all(methods[name][1] == ("sum",) for name in ("logra@384", "trak@384"))
+    assert row_name("logra@384", "sum") == "logra-sum@384" and row_name("airrep", "attention") == "airrep"
+    # without a base LM the gradient methods, budgets included, do not apply
+    assert list(build_methods(config, None, llm_path=None)) == ["tfidf"]
+
+
+@pytest.mark.parametrize("frontier, message", [
+    ("{tfidf: [384]}", r"\['tfidf'\] take no storage budget; methods that do: logra, tracin, trak"),
+    ("{logra: [0]}", "each at least 1"),
+])
+def test_a_frontier_on_a_method_without_a_budget_is_an_error(frontier, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/tiny.yaml", [f"evaluate.frontier={frontier}"], environ={})

@@ -291,6 +291,23 @@ def _trak_regularization(task, train, pad_id: int, proj_dim: int, batch_size: in
 _RUNNERS = {"logra": _logra, "tracin": _tracin, "trak": _trak}
 
 
+def proj_dim_for(method: str, model: nn.Module, numbers: int) -> int:
+    """The ``proj_dim`` that keeps at most ``numbers`` values per train example.
+
+    TracIn and TRAK project all parameters at once, so it is ``numbers``. LoGra projects
+    each ``nn.Linear`` layer (all of them, the output head included) to a perfect square, so
+    it is the largest square with ``square x n_linear <= numbers`` (at least 1): for 15
+    linear layers and 384 numbers, 25 per layer, 375 in all.
+    """
+    if numbers < 1:
+        raise ValueError(f"a storage budget must be at least 1 number per example, not {numbers}")
+    if method != "logra":
+        return numbers
+    n_linear = sum(isinstance(m, nn.Linear) for m in model.modules())
+    side = max(1, int((numbers / max(n_linear, 1)) ** 0.5))
+    return side * side
+
+
 def gradient_scores(
     method: str,
     model: torch.nn.Module,

@@ -8,7 +8,9 @@ against :func:`row_names` without loading any model code.
 
 A method scores ``(n_test, n_pool)`` pairs; the evaluator pools those scores over each
 subset (attention, and/or sum: the row ``name-sum``) so that methods differ only in their
-pair scores.
+pair scores. It also says what it keeps per pool example (:class:`Stored`), so the LDS
+table can be read against storage: a method that takes a storage budget (``sized``, the
+gradient methods) is run once per budget in ``evaluate.frontier`` as the row ``name@N``.
 """
 
 from __future__ import annotations
@@ -26,8 +28,27 @@ if TYPE_CHECKING:
     from airrep.data import Record
     from airrep.model import AirRep, Pooling
 
-# What a method's scorer is: (test, pool) -> ((n_test, n_pool) pair scores, numbers kept per pool example).
-ScoreFn = Callable[[Sequence["Record"], Sequence["Record"]], tuple["np.ndarray", int]]
+
+@dataclass(frozen=True)
+class Stored:
+    """What a method keeps per pool example to attribute against it: ``numbers``, the count
+    the paper compares (an embedding's dimensions; TF-IDF: its vocabulary, as a dense row),
+    and ``bytes``, as it is actually stored (fp32 for dense vectors; a sparse TF-IDF row's
+    CSR values, column indices and row pointer)."""
+
+    numbers: int
+    bytes: float
+
+    @classmethod
+    def dense(cls, numbers: int) -> Stored:
+        return cls(int(numbers), 4.0 * numbers)
+
+    def __add__(self, other: Stored) -> Stored:
+        return Stored(self.numbers + other.numbers, self.bytes + other.bytes)
+
+
+# What a method's scorer is: (test, pool) -> ((n_test, n_pool) pair scores, what it keeps per pool example).
+ScoreFn = Callable[[Sequence["Record"], Sequence["Record"]], tuple["np.ndarray", Stored]]
 
 
 @dataclass(frozen=True)
@@ -42,15 +63,17 @@ class MethodContext:
 
 @dataclass(frozen=True)
 class Method:
-    """``build(context)`` returns the scorer ``(test, pool) -> (scores, numbers stored per
-    pool example)``, or ``None`` where the method does not apply (then its rows are skipped,
-    with a log line). ``poolings``: the rows it can have (``attention``: ``name``; ``sum``:
-    ``name-sum``); a method with only ``sum`` is selected by either name."""
+    """``build(context)`` returns the scorer ``(test, pool) -> (scores, Stored)``, or
+    ``None`` where the method does not apply (then its rows are skipped, with a log line).
+    ``poolings``: the rows it can have (``attention``: ``name``; ``sum``: ``name-sum``); a
+    method with only ``sum`` is selected by either name. ``sized``: ``build`` also takes
+    ``numbers=N``, a budget of numbers kept per pool example (``evaluate.frontier``)."""
 
     name: str
-    build: Callable[[MethodContext], ScoreFn | None]
+    build: Callable[..., ScoreFn | None]
     poolings: tuple[Pooling, ...] = ("attention", "sum")
     summary: str = ""
+    sized: bool = False
 
     def rows(self) -> list[str]:
         return [self.name if p == "attention" else f"{self.name}-sum" for p in self.poolings]
@@ -92,10 +115,25 @@ def check_names(names: Sequence[str]) -> None:
         raise ValueError(f"unknown attribution method(s) {unknown}; valid: {', '.join(sorted(valid))}")
 
 
+def check_frontier(frontier: dict[str, Sequence[int]]) -> None:
+    """Raise ``ValueError`` for a ``evaluate.frontier`` entry that is not a sized method."""
+    sized = sorted(name for name, method in registry().items() if method.sized)
+    wrong = [name for name in frontier if name not in sized]
+    if wrong:
+        raise ValueError(f"evaluate.frontier: {wrong} take no storage budget; methods that do: {', '.join(sized)}")
+
+
+def row_name(entry: str, pooling: Pooling) -> str:
+    """The LDS table's row for a :func:`build_methods` entry (``name`` or ``name@N``) and a pooling."""
+    name, at, size = entry.partition("@")
+    return (name if pooling == "attention" else f"{name}-sum") + at + size
+
+
 def build_methods(config: PipelineConfig, trained: AirRep | None = None,
                   llm_path: str | None = None) -> dict[str, tuple[ScoreFn, tuple[Pooling, ...]]]:
-    """The LDS table's methods, in the order ``config.evaluate.methods`` first names them:
-    ``{name: (scorer, poolings)}``, the shape :func:`airrep.evaluate.evaluate_methods` takes."""
+    """The LDS table's methods, in the order ``config.evaluate.methods`` first names them, then
+    each ``evaluate.frontier`` budget (entry ``name@N``): ``{entry: (scorer, poolings)}``, the
+    shape :func:`airrep.evaluate.evaluate_methods` takes."""
     import logging
 
     wanted = list(config.evaluate.methods)
@@ -111,4 +149,10 @@ def build_methods(config: PipelineConfig, trained: AirRep | None = None,
             logging.getLogger(__name__).info("method %s does not apply to this run; its rows are left out", name)
             continue
         out[name] = (scorer, methods[name].selected(set(wanted)))
+    check_frontier(config.evaluate.frontier)
+    for name, budgets in config.evaluate.frontier.items():
+        for numbers in budgets:
+            scorer = methods[name].build(context, numbers=numbers)
+            if scorer is not None:
+                out[f"{name}@{numbers}"] = (scorer, methods[name].poolings)
     return out

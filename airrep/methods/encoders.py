@@ -6,20 +6,22 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from airrep.methods import Method, MethodContext
+from airrep.methods import Method, MethodContext, Stored
 
 
-def embedding_scores(model, test: Sequence, pool: Sequence, lexical: bool = True) -> tuple[np.ndarray, int]:
-    """AirRep's pair scores (:meth:`AirRep.similarity`) and the numbers it keeps per example:
-    the embedding's, plus the TF-IDF vocabulary's for a model with the lexical channel (counted
-    as the TF-IDF row counts them). ``lexical=False``: the dense part alone."""
+def embedding_scores(model, test: Sequence, pool: Sequence, lexical: bool = True) -> tuple[np.ndarray, Stored]:
+    """AirRep's pair scores (:meth:`AirRep.similarity`) and what it keeps per pool example:
+    the fp32 embedding, plus the sparse TF-IDF row for a model with the lexical channel
+    (counted as the TF-IDF row counts it). ``lexical=False``: the dense part alone."""
     from airrep.data import format_record
     from airrep.lexical import LexicalIndex
+    from airrep.methods.tfidf import lexical_stored
 
     if not (lexical and model.lexical_weight is not None):
-        return model.similarity(list(test), list(pool), lexical=False), model.dim
-    index = LexicalIndex([format_record(r) for r in pool])  # fitted once: the scores and the count
-    return model.similarity(list(test), list(pool), index=index), model.dim + index.vocabulary_size
+        return model.similarity(list(test), list(pool), lexical=False), Stored.dense(model.dim)
+    index = LexicalIndex([format_record(r) for r in pool])  # fitted once: the scores and the storage
+    return (model.similarity(list(test), list(pool), index=index),
+            Stored.dense(model.dim) + lexical_stored(index))
 
 
 def _airrep(context: MethodContext):
@@ -42,8 +44,8 @@ def _airrep_lexical(context: MethodContext):
         return None
 
     def score(test, pool):
-        sims, dim = tfidf_scores(test, pool)
-        return trained.lexical_weight * sims, dim
+        sims, stored = tfidf_scores(test, pool)
+        return trained.lexical_weight * sims, stored
     return score
 
 

@@ -6,16 +6,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from airrep.methods import Method, MethodContext
+from airrep.methods import Method, MethodContext, Stored
 
 
-def tfidf_scores(test: Sequence, pool: Sequence) -> tuple[np.ndarray, int]:
-    """Cosines ``(n_test, n_pool)`` with the IDF of the pool, and the vocabulary's size."""
+def lexical_stored(index) -> Stored:
+    """A TF-IDF row: counted as the paper counts it (the vocabulary, dense), stored sparse."""
+    return Stored(index.vocabulary_size, index.bytes_per_row)
+
+
+def tfidf_scores(test: Sequence, pool: Sequence) -> tuple[np.ndarray, Stored]:
+    """Cosines ``(n_test, n_pool)`` with the IDF of the pool, and what a pool row keeps."""
     from airrep.data import format_record
     from airrep.lexical import LexicalIndex
 
     index = LexicalIndex([format_record(r) for r in pool])
-    return index.similarity([format_record(r) for r in test]).toarray(), index.vocabulary_size
+    return index.similarity([format_record(r) for r in test]).toarray(), lexical_stored(index)
 
 
 def _tfidf(context: MethodContext):

@@ -17,7 +17,7 @@ from airrep.llm import train_tokenizer
 
 pytest.importorskip("dattri")
 from airrep.baselines import gradient  # noqa: E402
-from airrep.baselines.gradient import METHODS, gradient_scores, response_losses  # noqa: E402
+from airrep.baselines.gradient import METHODS, gradient_scores, proj_dim_for, response_losses  # noqa: E402
 
 WORDS = ("alpha beta gamma delta river stone cloud north south east west fire water earth wind "
          "sun moon star tree leaf bird fish road hill").split()
@@ -174,3 +174,17 @@ def test_gradient_features_preserve_gradient_geometry(setting):
     again = gradient.gradient_features(model, tokenizer, [test[0], *train], proj_dim=2048, batch_size=5, seed=1)
     np.testing.assert_allclose(again[1:], features, rtol=1e-4, atol=1e-5)  # same seed, same map
     assert np.argmax(features @ again[0]) == DUPLICATES[0]
+
+
+def test_a_storage_budget_keeps_each_method_within_it(setting):
+    """LoGra's per-layer square times its linear layers (7 in the block, 1 head) stays within
+    the budget and is the largest square that does; the others project to the budget itself."""
+    model, tokenizer, train, test = setting
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert n_linear == 8
+    assert proj_dim_for("logra", model, 384) == 36 and proj_dim_for("logra", model, 7) == 1
+    assert proj_dim_for("trak", model, 384) == 384 and proj_dim_for("tracin", model, 50) == 50
+    result = gradient_scores("logra", model, tokenizer, train, test, proj_dim=proj_dim_for("logra", model, 200))
+    assert result.dim == 8 * 25 <= 200
+    with pytest.raises(ValueError, match="at least 1"):
+        proj_dim_for("logra", model, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from benchmarks.quality import PAPER, main
 from flows.cli import ensure_prefect_home
@@ -50,3 +51,58 @@ def test_prefect_home_is_created_with_its_parents(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(home))
     ensure_prefect_home()
     assert home.is_dir()
+
+
+def _row(method, lds, dim, size, per_query):
+    return {"method": method, "lds": lds, "dim": dim, "bytes": size, "seconds": 150 * per_query, "note": "",
+            "seconds_per_query": per_query}
+
+
+def test_frontier_says_how_much_storage_logra_needs_to_match_airrep(tmp_path):
+    from benchmarks.frontier import frontier_points, storage_to_match
+
+    rows = [_row("airrep", 0.30, 2384, 2000.0, 0.05), _row("airrep-sum", 0.2, 2384, 2000.0, 0.05),
+            _row("tfidf", 0.25, 2000, 464.0, 0.001), _row("logra-sum", 0.20, 3840, 15360.0, 0.1),
+            _row("logra-sum@375", 0.15, 375, 1500.0, 0.08), _row("logra-sum@18375", 0.40, 18375, 73500.0, 0.3),
+            _row("trak-sum@384", 0.10, 384, 1536.0, 1.5)]
+    points = frontier_points({"rows": rows})
+    assert "airrep-sum" not in [r["method"] for r in points]  # an ablation, not a point of cost
+    # LoGra crosses 0.30 between 15360 and 73500 bytes: half way in LDS, so the geometric mean.
+    assert storage_to_match(points, "logra-sum", points[0]) == \
+        f"logra-sum needs about {(15360 * 73500) ** 0.5 / 2000:.2g}× airrep's bytes per example to match it."
+    assert "stays below airrep up to its largest budget, 384 numbers" in storage_to_match(points, "trak-sum",
+                                                                                         points[0])
+    low = {**points[0], "lds": 0.1}
+    assert "already at its smallest budget, 375 numbers" in storage_to_match(points, "logra-sum", low)
+
+    curve = {"step": [1, 2], "loss": [0.7, 0.6], "pair_accuracy": [0.5, 0.6], "eval_step": [], "eval_lds": [],
+             "seconds": 1.0}
+    dataset = {"seconds": 60.0, "finetunes_computed": 2, "finetunes_skipped": 0, "curve": curve,
+               "table": {"rows": rows, "noise_ceiling": 0.8}}
+    results = {"config": "configs/bench.yaml", "overrides": [], "seconds": 60.0,
+               "machine": {"cores": 2, "cpu_capability": "AVX2", "torch": "2.13.0"},
+               "datasets": {"sharegpt": dataset}}
+    (tmp_path / "quality.json").write_text(json.dumps(results))
+    main(["--report-only", "--out", str(tmp_path), "--markdown", str(tmp_path / "RESULTS.md")])
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "| logra-sum@18375 | 18375 | 73,500 | 0.300 | 40.00 |" in report
+    assert "| tfidf | 2000 | 464 | 0.001 | 25.00 |" in report
+    assert (tmp_path / "quality-frontier.png").stat().st_size > 1000
+
+
+def test_the_cli_sets_what_the_makefile_exports(monkeypatch):
+    """``airrep`` and ``python -m benchmarks...`` run outside make too: the same quiet, offline
+    defaults, never overriding what the environment sets."""
+    import re
+    from pathlib import Path
+
+    from flows.cli import QUIET_DEFAULTS, prepare_environment
+
+    exported = dict(re.findall(r"^export (\w+) \??= ?(\S+)$", Path("Makefile").read_text(), re.M))
+    exported.pop("PREFECT_HOME")  # a folder of the checkout: make's alone
+    assert exported == QUIET_DEFAULTS
+    for name in QUIET_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    prepare_environment()
+    assert os.environ["HF_HUB_OFFLINE"] == "0" and os.environ["DO_NOT_TRACK"] == "1"
