@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from flows.cli import prepare_environment
+
 log = logging.getLogger("benchmarks.speed")
 
 
@@ -406,6 +408,7 @@ def main() -> None:
                              "existing --out file are kept when it was written on the same machine")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    prepare_environment()
     results: dict = {"machine": machine()}
     out = Path(args.out)
     if out.exists():  # each entry holds both timings of its ratio, so entries of two runs can sit side by side

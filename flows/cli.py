@@ -229,6 +229,31 @@ def _exit_on_sigterm(signum: int, _frame) -> None:
     raise SystemExit(128 + signum)
 
 
+# What the Makefile exports, set here too (without overriding the environment) for runs that do
+# not go through make: ``airrep`` on its own, ``python -m benchmarks.quality``. Offline (no model
+# hub at run time), no telemetry (whose failed sends log errors without a network), and a
+# start-up limit for Prefect's temporary API server that 2 busy cores meet (its default, 20 s,
+# is missed when another job shares the cores).
+QUIET_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
+def prepare_environment() -> None:
+    """:data:`QUIET_DEFAULTS` where the environment sets nothing, and ``PREFECT_HOME``'s folder.
+
+    Called before Prefect, MLflow or the hub client is imported: they read these once."""
+    for name, value in QUIET_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    ensure_prefect_home()
+
+
 def ensure_prefect_home() -> None:
     """Create ``PREFECT_HOME`` (with its parents) before Prefect first reads it.
 
@@ -244,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    ensure_prefect_home()
+    prepare_environment()
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, CorpusError, SamplingError) as exc:  # bad input: the message says what to fix
