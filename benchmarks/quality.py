@@ -481,7 +481,7 @@ def log_to_mlflow(config_path: str, extra: list[str], results: dict[str, Any], f
         for name, data in results["datasets"].items():
             for row in data["table"]["rows"]:
                 if row["lds"] is not None and np.isfinite(row["lds"]):
-                    mlflow.log_metric(f"{name}.lds_{row['method']}", row["lds"])
+                    mlflow.log_metric(f"{name}.{tracking.lds_metric_name(row['method'])}", row["lds"])
             if data["table"]["noise_ceiling"] is not None:
                 mlflow.log_metric(f"{name}.noise_ceiling", data["table"]["noise_ceiling"])
         for row in (results.get("classification") or {}).get("rows", []):

@@ -207,7 +207,7 @@ def log_lds_table(table: LDSTable, artifacts: Mapping[str, Path], run_id: str | 
     now = int(1000 * time.time())
     metrics = []
     for row in table.rows:
-        key = f"lds_{row.method.replace('@', '_')}"  # MLflow names allow no "@" (row logra-sum@384)
+        key = lds_metric_name(row.method)
         if row.lds is None or not math.isfinite(row.lds):
             client.set_tag(run_id, f"{key}_skipped", row.note or "LDS is not finite")
             continue
@@ -218,6 +218,12 @@ def log_lds_table(table: LDSTable, artifacts: Mapping[str, Path], run_id: str | 
         client.log_batch(run_id, metrics=metrics)
     for path in artifacts.values():
         client.log_artifact(run_id, str(path), artifact_path="evaluation")
+
+
+def lds_metric_name(method: str) -> str:
+    """The MLflow metric of an LDS table row: ``lds_<row>``, with a storage budget's ``@``
+    (``logra-sum@384``) as ``_``, since MLflow's names allow no ``@``."""
+    return f"lds_{method.replace('@', '_')}"
 
 
 def serving_requirements() -> list[str]:
