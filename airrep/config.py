@@ -383,6 +383,31 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
+def packaged_configs() -> dict[str, Path]:
+    """The configs shipped with the package (``configs/`` of the source tree), by name."""
+    from importlib.resources import files
+
+    try:
+        folder = files("airrep.configs")
+    except ModuleNotFoundError:  # a source tree on sys.path without the package installed
+        folder = Path(__file__).resolve().parent.parent / "configs"
+    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".yaml")}
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file: ``path`` itself when it is a file, else the packaged config of that name
+    (``tiny``, ``tiny.yaml`` or ``configs/tiny.yaml`` from any directory); a
+    :class:`ConfigError` that lists the packaged names otherwise."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    packaged = packaged_configs()
+    if given.suffix in ("", ".yaml") and given.parent in (Path("."), Path("configs")) and given.stem in packaged:
+        return packaged[given.stem]
+    raise ConfigError(f"config file {given} does not exist; give a YAML file or a packaged config: "
+                      f"{', '.join(sorted(packaged))}")
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -396,9 +421,7 @@ def load_config(
     tree: dict[str, Any] = {}
     origin = "defaults"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
+        path = resolve_config_path(path)
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

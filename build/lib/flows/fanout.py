@@ -1,0 +1,43 @@
+"""Fan subset fine-tunes out over the configured task runner, with visible progress."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect import flow
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.logging import get_run_logger
+
+from tasks.labels import finetune_subset, subset_jobs
+
+
+@flow(name="finetune-subsets", log_prints=True)
+def finetune_subsets(config: dict[str, Any], llm: dict[str, str], index_key: str,
+                     stage: Literal["labels", "benchmark"], description: str) -> list[dict[str, Any]]:
+    """Fine-tune every subset of ``stage`` in the published index; results in job order
+    (see :func:`airrep.plan.stage_jobs`).
+
+    The jobs are built here from the index key, not passed in: a flow run's parameters are
+    stored by the Prefect API (at most 512 KB), and the member ids of thousands of subsets
+    are far larger. Retries and the timeout come from ``orchestration``; a job whose result
+    is already published is skipped inside the task, so a re-run redoes only what is missing.
+    """
+    logger = get_run_logger()
+    jobs = subset_jobs(config, index_key, llm["fingerprint"], stage)
+    orch = config["orchestration"]
+    task = finetune_subset.with_options(retries=orch["task_retries"],
+                                        retry_delay_seconds=orch["task_retry_delay_seconds"],
+                                        timeout_seconds=orch["finetune_timeout_seconds"])
+    progress_id = create_progress_artifact(progress=0.0, description=f"{description}: 0/{len(jobs)}")
+    results: list[dict[str, Any] | None] = [None] * len(jobs)
+    futures = {task.submit(config, llm, job.key, job.members, job.eval_ids, job.seed, job.label): i
+               for i, job in enumerate(jobs)}
+    for done, future in enumerate(as_completed(list(futures)), start=1):
+        results[futures[future]] = future.result()
+        update_progress_artifact(progress_id, progress=100.0 * done / len(jobs),
+                                 description=f"{description}: {done}/{len(jobs)}")
+    skipped = sum(r["skipped"] for r in results)
+    logger.info("%s: %d fine-tunes run, %d already published and skipped", description,
+                len(jobs) - skipped, skipped)
+    return results

@@ -1,0 +1,51 @@
+"""Stage 7: retrain when the base LLM changes.
+
+The base LLM's fingerprint (hub commit, or a hash of local weights) is compared with the
+``base_llm_fingerprint`` tag of the registered champion. On a change the flow emits the
+Prefect event ``airrep.base-llm.changed``; the ``pipeline`` deployment in ``prefect.yaml``
+has a trigger on that event, so on a Prefect server the retrain starts there. Without a
+server (``trigger="inline"``, the default of ``airrep watch``) the pipeline runs as a
+subflow right here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect import flow
+from prefect.events import emit_event
+from prefect.logging import get_run_logger
+
+from flows.common import config_dict
+from flows.pipeline import pipeline
+from tasks.labels import sample_splits
+from tasks.model import fingerprint_base_llm
+
+EVENT = "airrep.base-llm.changed"
+
+
+@flow(name="watch-base-llm", log_prints=True)
+def watch_base_llm(config_path: str = "configs/tiny.yaml", overrides: list[str] | None = None,
+                   trigger: Literal["inline", "event"] = "inline") -> dict[str, Any]:
+    """Compare the base LLM's fingerprint with the champion's; retrain on a change."""
+    from airrep.config import PipelineConfig
+    from infra import tracking
+
+    logger = get_run_logger()
+    config = config_dict(config_path, overrides)
+    cfg = PipelineConfig.model_validate(config)
+    index = sample_splits(config)
+    current = fingerprint_base_llm(config, index["key"])
+    tracking.ensure_experiment(cfg)
+    name = tracking.registered_model_name(cfg)
+    champion = tracking.champion_info(name)
+    previous = champion["tags"].get("base_llm_fingerprint") if champion else None
+    if previous == current:
+        logger.info("base LLM unchanged (%s); nothing to do", current)
+        return {"changed": False, "fingerprint": current}
+    logger.info("base LLM changed: %s -> %s; retraining", previous, current)
+    emit_event(event=EVENT, resource={"prefect.resource.id": f"airrep.registered-model.{name}"},
+               payload={"previous": previous, "current": current, "config_path": config_path,
+                        "overrides": overrides or []})
+    result = pipeline(config_path, overrides) if trigger == "inline" else None
+    return {"changed": True, "fingerprint": current, "previous": previous, "pipeline": result}

@@ -1,0 +1,1 @@
+"""The packaged pipeline configs (installed as ``airrep.configs``): ``airrep run -c tiny``."""
