@@ -302,3 +302,22 @@ def test_invalid_config_exits_2_naming_the_field(command, sets, env, field, says
     assert "Traceback" not in err
     assert_nothing_published(s3_env)
     assert not (tmp_path / "work").exists(), "no flow ran: nothing was written to the work directory"
+
+
+def test_attribute_before_any_champion_says_to_run_the_pipeline_first(micro, tmp_path, capfd):
+    args = ["attribute", "-c", CONFIG, "--prompt", "hello", "--response", "there",
+            "--set", f"work_dir={tmp_path / 'work'}"]
+    assert main(args) == 2
+    err = capfd.readouterr().err
+    assert re.search(r"^airrep: no champion of \S+ in sqlite:///\S+ yet: run `airrep run -c configs/tiny.yaml` "
+                     r"first, or pass --model$", err, re.M), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--prompt", "p"], "1 --prompt but 0 --response: give them in pairs"),
+    ([], "nothing to attribute: give texts, or --prompt and --response"),
+])
+def test_attribute_needs_texts_or_prompt_response_pairs(args, says, capfd):
+    assert main(["attribute", "-c", CONFIG, *args]) == 2
+    assert f"airrep: {says}" in capfd.readouterr().err

@@ -73,3 +73,11 @@ def test_pipeline_end_to_end_resumes_and_serves(micro_overrides, full_evaluation
     assert main(args) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [p["rank"] for p in printed] == [1, 2, 3] and printed[0]["train_id"] == target.id
+    # ... and as a prompt and a response, which the command line formats as training examples are.
+    args = ["attribute", "-c", "configs/tiny.yaml", "--prompt", target.prompt, "--response",
+            " ".join(words[:-1] + ["indeed"]), "-k", "1", "--json"]
+    for override in micro_overrides:
+        args[1:1] = ["--set", override]
+    assert main(args) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [p["train_id"] for p in printed] == [target.id]

@@ -206,6 +206,9 @@ def test_run_and_registered_version(registry: Registry, logged: Logged) -> None:
 
     version = client.get_model_version(logged.name, logged.version.version)
     assert tracking.CHALLENGER in version.aliases
+    example = mlflow.models.Model.load(version.source).load_input_example(
+        mlflow.artifacts.download_artifacts(version.source))
+    assert list(pd.DataFrame(example).iloc[:, 0]) == [CORPUS_TEXTS[0]]
     assert version.run_id == logged.run_id
     assert set(logged.tags) == {"base_llm_fingerprint", "corpus_fingerprint", "config_hash", "code_version",
                                 "benchmark_fingerprint", "lds"}
@@ -402,3 +405,9 @@ def test_artifacts_and_model_on_s3(registry: Registry, s3_env: str) -> None:
     assert any(k.endswith("artifacts/corpus/corpus_embeddings.npy") for k in keys)
     hits = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}").predict(CORPUS_TEXTS[:2])
     assert len(hits) == 6 and set(hits["train_id"]) <= set(CORPUS_IDS[:10])
+
+
+def test_the_experiment_opens_on_training_runs_in_mlflow_3s_ui(registry):
+    """Untagged, MLflow 3's UI opens an experiment on its (empty) GenAI traces overview."""
+    experiment = registry.client.get_experiment_by_name(registry.config.tracking.experiment)
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
