@@ -388,10 +388,14 @@ def promote(registered_name: str, version: str, lds: float, benchmark_fingerprin
 
     before = _alias_version(client, registered_name, CHAMPION)
     write_error: MlflowException | None = None
+    final: ModelVersion | None = None
     for _ in range(MAX_PROMOTION_ROUNDS):
         champion = _alias_version(client, registered_name, CHAMPION)
         target = _promotion_target(client, registered_name, champion, benchmark_fingerprint, margin)
         if target is None or (champion is not None and target.version == champion.version):
+            # Decided from this read, where the alias had settled: a read after it could see
+            # a slower writer's transient alias, which that writer then corrects.
+            final = champion
             break
         try:
             client.set_registered_model_alias(registered_name, CHAMPION, target.version)
@@ -405,8 +409,7 @@ def promote(registered_name: str, version: str, lds: float, benchmark_fingerprin
             raise write_error
         logger.warning("%s: champion alias still moving after %d rounds", registered_name,
                        MAX_PROMOTION_ROUNDS)
-
-    final = _alias_version(client, registered_name, CHAMPION)
+        final = _alias_version(client, registered_name, CHAMPION)
     promoted = final is not None and str(final.version) == version
     if promoted:
         logger.info("%s v%s is champion (LDS %.4f; previous: %s)", registered_name, version, lds,

@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     description="Print the training examples that AirRep attributes "
                                                 "each text to, from a registered model.")
     _add_config_args(attribute)
-    attribute.add_argument("texts", nargs="+", help="texts to attribute (formatted like training examples)")
+    attribute.add_argument("texts", nargs="*", help="texts to attribute, formatted like training examples "
+                                                    "(or give --prompt and --response)")
+    attribute.add_argument("--prompt", action="append", default=[],
+                           help="a prompt to attribute, with its --response (repeatable, in pairs)")
+    attribute.add_argument("--response", action="append", default=[], help="the response to the --prompt before it")
     attribute.add_argument("--model", help="models:/NAME@champion (default) or a path to a logged pyfunc")
     attribute.add_argument("-k", "--top-k", type=int, default=5, help="how many examples (default: %(default)s)")
     attribute.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
@@ -151,22 +155,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_attribute(args: argparse.Namespace) -> int:
     import mlflow
+    from mlflow.exceptions import MlflowException
 
+    from airrep.data import format_example
     from infra import tracking
 
+    if len(args.prompt) != len(args.response):
+        print(f"airrep: {len(args.prompt)} --prompt but {len(args.response)} --response: give them in pairs",
+              file=sys.stderr)
+        return 2
+    texts = [*args.texts, *(format_example(p, r) for p, r in zip(args.prompt, args.response, strict=True))]
+    if not texts:
+        print("airrep: nothing to attribute: give texts, or --prompt and --response", file=sys.stderr)
+        return 2
     config = load_config(args.config, args.overrides)
     tracking.ensure_experiment(config)
     uri = args.model or f"models:/{tracking.registered_model_name(config)}@champion"
-    model = mlflow.pyfunc.load_model(uri)
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except MlflowException as exc:
+        if args.model or exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise
+        print(f"airrep: no champion of {tracking.registered_model_name(config)} in {tracking.tracking_uri(config)} "
+              f"yet: run `airrep run -c {args.config}` first, or pass --model", file=sys.stderr)
+        return 2
     import pandas as pd
 
-    hits = model.predict(pd.DataFrame({"text": args.texts}), params={"top_k": args.top_k})
+    hits = model.predict(pd.DataFrame({"text": texts}), params={"top_k": args.top_k})
     if args.json:
         for row in hits.to_dict(orient="records"):
             print(json.dumps(row, ensure_ascii=False))
         return 0
     for query, group in hits.groupby("query"):
-        print(f"\n[{query}] {args.texts[int(query)][:100]}")
+        print(f"\n[{query}] {texts[int(query)][:100]}")
         for row in group.itertuples():
             print(f"  {row.rank}. {row.train_id}  score {row.score:.3f}  {row.text[:90]!r}")
     return 0
@@ -268,6 +289,17 @@ def ensure_prefect_home() -> None:
         Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors whose message says what to fix, shown as one line with exit status 2: bad input,
+    a missing extra, a base LLM that cannot load, an artifact store that is not set up. Those of
+    modules not imported yet cannot have been raised, so they are not imported for this."""
+    errors: list[type[Exception]] = [ConfigError, CorpusError, SamplingError, MissingExtraError]
+    for module, name in (("airrep.llm", "BaseLLMError"), ("infra.storage", "ArtifactStoreError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -275,8 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_environment()
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, CorpusError, SamplingError, MissingExtraError) as exc:  # the message says what to do
-        print(f"airrep: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if not isinstance(exc, user_errors()):
+            raise
+        print(f"airrep: {exc}", file=sys.stderr)  # the message says what to do
         return 2
 
 

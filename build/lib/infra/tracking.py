@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import warnings
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -97,6 +96,12 @@ def registered_model_name(config: PipelineConfig) -> str:
     return f"airrep-{slug or 'corpus'}"
 
 
+# MLflow 3's UI opens an experiment without this tag on its GenAI traces overview, which is
+# empty here; tagged as model development, it opens on the training runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def ensure_experiment(config: PipelineConfig) -> str:
     """Point MLflow at the configured store and make the experiment the active one; its id.
 
@@ -129,6 +134,8 @@ def ensure_experiment(config: PipelineConfig) -> str:
         if experiment.artifact_location.rstrip("/") != location.rstrip("/"):
             logger.warning("experiment %r keeps its artifact location %s (config asks for %s)",
                            name, experiment.artifact_location, location)
+    if experiment is None or experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
@@ -293,19 +300,19 @@ def log_attribution_model(model_dir: Path, corpus_ids: list[str], corpus_texts: 
         # about and can be set to refuse) and runs it at load time, after code_paths are on sys.path.
         model_code = Path(tmp) / "attribution_model.py"
         model_code.write_text(_MODEL_CODE)
-        with warnings.catch_warnings():
-            # An input example would only make MLflow load the model once more to check it.
-            warnings.filterwarnings("ignore", message=".*input example", category=UserWarning)
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME,
-                python_model=str(model_code),
-                artifacts={"model": str(model_dir), "corpus": str(corpus_dir)},
-                code_paths=_stage_code(Path(tmp) / "code"),
-                pip_requirements=serving_requirements(),
-                signature=signature,
-                model_config={"top_k": int(top_k)},
-                registered_model_name=registered_name,
-            )
+        # The input example (one corpus text) shows users the request shape in the UI and in
+        # `mlflow models serve`; MLflow checks it by loading the model once and predicting.
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(model_code),
+            artifacts={"model": str(model_dir), "corpus": str(corpus_dir)},
+            code_paths=_stage_code(Path(tmp) / "code"),
+            pip_requirements=serving_requirements(),
+            signature=signature,
+            input_example=[corpus_texts[0]],
+            model_config={"top_k": int(top_k)},
+            registered_model_name=registered_name,
+        )
     client = MlflowClient()
     version = str(info.registered_model_version)
     for key, value in tags.items():
