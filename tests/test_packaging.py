@@ -4,6 +4,7 @@ packaged configs by name, and runs the pipeline on a minimal setting."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -24,7 +25,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     site-packages through a ``.pth`` line (added after the venv's own, so the wheel's modules
     win, and without running this environment's editable-install hooks)."""
     where = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q",
+    source = where / "source"  # setuptools builds in the source tree: a copy keeps the checkout clean
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "__pycache__", "*.egg-info", "build", "tests",
+                                                                "benchmarks"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(where / "dist")], check=True, capture_output=True, cwd=where)
     wheel = next((where / "dist").glob("airrep-*.whl"))
     venv = where / "venv"

@@ -1,1 +1,0 @@
-"""Baselines the paper compares AirRep against (gradient-based attribution on the base LLM)."""

@@ -1,1 +1,0 @@
-"""The packaged pipeline configs (installed as ``airrep.configs``): ``airrep run -c tiny``."""
