@@ -26,17 +26,25 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # A string under a field is its description (pydantic's attribute docstrings): shown in the
+    # JSON schema, Prefect's parameter form and docs/config.md.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class FieldMapping(_Section):
     """Which source field holds each part of a record (dotted paths reach into nested dicts)."""
 
     id: str = "id"
+    """Source field of the record's unique id."""
     group_id: str | None = None
+    """Source field grouping records that must stay on one side of every split (e.g. a conversation); None: each
+    record is its own group."""
     prompt: str = "prompt"
+    """Source field of the prompt (dotted paths reach into nested dicts)."""
     response: str = "response"
+    """Source field of the response, the tokens whose loss the fine-tunes measure."""
     label: str | None = None
+    """Source field of an optional class label (the task probe reads it); None: no label."""
 
 
 class DataConfig(_Section):
@@ -47,23 +55,36 @@ class DataConfig(_Section):
     """
 
     source: str = "sharegpt"
+    """`sharegpt`, `natural_instructions`, a local .jsonl/.json/.parquet file, or a hub id (needs the `hub` extra)."""
     split: str = "train"
+    """Split of a hub dataset to read."""
     fields: FieldMapping = Field(default_factory=FieldMapping)
+    """Which source field holds each part of a record."""
     max_prompt_words: int = Field(48, gt=0)
+    """Prompts are cut to this many words."""
     max_response_words: int = Field(64, gt=0)
+    """Responses are cut to this many words."""
     min_response_words: int = Field(1, ge=1)
+    """Records with a shorter response are dropped."""
     drop_duplicates: bool = True
+    """Drop records whose prompt and response repeat an earlier record's."""
     skip_bad_records: bool = False
+    """Skip (and count) records that cannot be read instead of stopping with an error naming them."""
     limit: int | None = Field(None, gt=0)
+    """Use only the first n records after cleaning; None: all."""
 
 
 class BenchmarkSamplingConfig(_Section):
     """The held-out benchmark: test examples, a pool and random subsets of that pool."""
 
     n_test: int = Field(100, gt=0)
+    """Held-out test examples whose loss the LDS predicts."""
     n_pool: int = Field(500, gt=0)
+    """Held-out pool the benchmark's subsets are drawn from."""
     n_subsets: int = Field(16, gt=1)
+    """Held-out subsets, each fine-tuned once (twice for the noise ceiling)."""
     subset_size: int = Field(100, gt=0)
+    """Examples per held-out subset."""
 
     @model_validator(mode="after")
     def _subset_fits(self) -> BenchmarkSamplingConfig:
@@ -79,12 +100,19 @@ class SamplingConfig(_Section):
     """Cross-validation splits (paper §3.3: a dev set and a train pool per split) and subsets."""
 
     n_splits: int = Field(2, gt=0)
+    """Cross-validation splits, each with its own dev set and pool (paper: 100)."""
     n_dev: int = Field(100, gt=0)
+    """Dev examples per split, whose losses label the subsets (paper: 10^4)."""
     n_pool: int = Field(400, gt=0)
+    """Training pool per split (paper: 10^5)."""
     n_subsets: int = Field(8, gt=1)
+    """Random subsets of each pool, one fine-tune each (paper: 100)."""
     subset_size: int = Field(100, gt=0)
+    """Examples per subset (paper: 1000)."""
     pretrain_size: int = Field(0, ge=0)
+    """Records cut from the corpus before any split, for the tiny LM's `slice` pretraining."""
     benchmark: BenchmarkSamplingConfig = Field(default_factory=BenchmarkSamplingConfig)
+    """The held-out benchmark, disjoint from every split."""
 
     @model_validator(mode="after")
     def _subset_fits(self) -> SamplingConfig:
@@ -107,15 +135,26 @@ class TinyLMConfig(_Section):
     """
 
     corpus: Literal["slice", "general"] = "slice"
+    """`slice`: pretrain on sampling.pretrain_size records of the corpus; `general`: on the packaged text no record
+    holds (~27M tokens)."""
     vocab_size: int = Field(8000, ge=300)
+    """Byte-level BPE vocabulary trained on the pretraining text."""
     hidden_size: int = Field(128, gt=0)
+    """Width of the Llama blocks."""
     num_layers: int = Field(2, gt=0)
+    """Number of Llama blocks."""
     num_heads: int = Field(4, gt=0)
+    """Attention heads per block."""
     intermediate_size: int = Field(512, gt=0)
+    """Width of each block's MLP."""
     epochs: int = Field(2, gt=0)
+    """Passes over the pretraining text."""
     lr: float = Field(2e-3, gt=0)
+    """Peak AdamW learning rate of pretraining."""
     batch_size: int = Field(16, gt=0)
+    """Sequences per pretraining step."""
     warmup_steps: int = Field(100, ge=0)
+    """Linear warmup steps before the learning rate decays."""
 
 
 class BaseLLMConfig(_Section):
@@ -127,68 +166,115 @@ class BaseLLMConfig(_Section):
     """
 
     name: str = "tiny"
+    """`tiny` (pretrained here), `smollm2` (the packaged GGUF), a local HF directory or a hub id."""
     revision: str | None = None
+    """Hub revision (commit or tag) of a hub id; None: the default branch."""
     trust_remote_code: bool = False
+    """Let a hub model run its own code. Off: only architectures transformers ships are loaded."""
     tiny: TinyLMConfig = Field(default_factory=TinyLMConfig)
+    """Shape and pretraining of the `tiny` LM."""
 
 
 class FinetuneConfig(_Section):
     """One subset fine-tune (paper: 2 epochs, lr 2e-5, batch 16, max length 512)."""
 
     epochs: int = Field(2, gt=0)
+    """Passes over a subset (paper: 2)."""
     lr: float = Field(3e-4, gt=0)
+    """AdamW learning rate of a subset fine-tune (paper: 2e-5 for Qwen2.5-0.5B)."""
     batch_size: int = Field(16, gt=0)
+    """Examples per fine-tuning step (paper: 16)."""
     eval_batch_size: int = Field(32, gt=0)
+    """Examples per forward pass when the dev losses are measured."""
     max_length: int = Field(160, ge=8)
+    """Tokens per example; the prompt is cut before the response."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay of a fine-tune."""
     # ``auto``: bf16 where the hardware computes in it natively, else fp32 (airrep/precision.py).
     precision: Literal["auto", "bf16", "fp32", "fp16"] = "auto"
+    """`auto`: bf16 where the hardware computes in it natively, else fp32 (airrep/precision.py)."""
     # ``auto``: eager attention with bf16 scores on CPU (``eager_autocast``, see
     # airrep/attention.py; its backward is several times faster there than the fused CPU
     # kernel's at fine-tuning lengths), the model's own choice on GPUs.
     attention: Literal["auto", "eager", "eager_autocast", "sdpa"] = "auto"
+    """`auto`: eager attention with bf16 scores on CPU (faster backward at these lengths), the model's own choice
+    on GPUs."""
     seed: int = 0
+    """Base seed of the fine-tunes; each job derives its own from it (airrep/plan.py)."""
 
 
 class TrainConfig(_Section):
     """AirRep encoder training (paper §3.4: AdamW, lr 1e-4, up to 2000 steps); see airrep/train.py."""
 
     encoder: str = "minilm"
-    encoder_layers: int | None = Field(None, gt=0)  # keep the encoder's first n blocks; None: all
-    normalize: bool = False  # L2-normalise embeddings: dot products are scaled cosines
-    initial_scale: float = Field(1.0, gt=0)  # dot-product scale a fresh model starts from
+    """`minilm` (the packaged all-MiniLM-L6-v2, `demo` extra), a local directory or a hub id."""
+    encoder_layers: int | None = Field(None, gt=0)
+    """Keep the encoder's first n blocks; None: all."""
+    normalize: bool = False
+    """L2-normalise embeddings, so dot products are scaled cosines."""
+    initial_scale: float = Field(1.0, gt=0)
+    """Dot-product scale (attention pooling's inverse temperature) a fresh model starts from."""
     # Candidate starting scales, the best by validation LDS before the first step (needs validation_splits).
     scale_candidates: list[float] = Field(default_factory=list)
+    """Starting scales to try; the best by validation LDS before the first step (needs validation_splits)."""
     # Add the TF-IDF cosine to each pair's score, weighted by a trained scalar (airrep/lexical.py).
     lexical: bool = True
+    """Add each pair's TF-IDF cosine, times a trained weight, to its score (airrep/lexical.py)."""
     # Candidate starting lexical weights, as multiples of the starting scale, picked jointly with
     # it by validation LDS (0 is the dense model alone).
     lexical_candidates: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0, 8.0])
+    """Starting lexical weights, as multiples of the starting scale, picked jointly with it by validation LDS (0:
+    the dense model alone)."""
     projection_dim: int | None = Field(None, gt=0)
+    """Output size of the projection; None: the encoder's width."""
     max_tokens: int = Field(128, ge=8)
+    """Encoder tokens per text; the prompt is cut before the response."""
     steps: int = Field(2000, gt=0)
+    """Most optimizer steps (paper: 2000); validation may stop earlier."""
     lr: float = Field(1e-4, gt=0)
-    projection_lr: float | None = Field(None, gt=0)  # the projection and the scale; None: lr
-    train_scale: bool = True  # learn the embedding scale (attention pooling's temperature)
-    schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warmup_steps of linear warmup
+    """AdamW learning rate of the encoder's trained blocks (paper: 1e-4)."""
+    projection_lr: float | None = Field(None, gt=0)
+    """Learning rate of the projection and the scale; None: lr."""
+    train_scale: bool = True
+    """Learn the embedding scale (attention pooling's temperature)."""
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning-rate schedule after warmup_steps of linear warmup."""
     warmup_steps: int = Field(100, ge=0)
+    """Steps of linear warmup."""
     weight_decay: float = Field(0.01, ge=0)
+    """AdamW weight decay."""
     dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout in the encoder's trained blocks."""
     grad_clip: float = Field(1.0, gt=0)
-    reference_size: int = Field(32, gt=0)  # dev examples scored per step
-    topk: int = Field(16, gt=1)  # subsets scored per step
+    """Gradient-norm clip."""
+    reference_size: int = Field(32, gt=0)
+    """Dev examples scored per step."""
+    topk: int = Field(16, gt=1)
+    """Subsets scored per step."""
     t_min: float = Field(0.1, ge=0)
+    """Ranking pairs whose label gap is below this are ignored (weighted RankNet)."""
     t_max: float = Field(5.0, gt=0)
+    """A pair's weight is its label gap, clipped at this."""
     encode_chunk: int = Field(64, gt=0)
-    trainable_layers: int | None = Field(None, ge=0)  # None: the whole encoder; k: its top k layers
-    frozen_cache: bool = True  # compute the frozen layers once per text (trainable_layers set)
-    activation_budget_mb: int = Field(2048, ge=0)  # one backward pass when a step's activations fit
+    """Texts per encoder forward pass in a step."""
+    trainable_layers: int | None = Field(None, ge=0)
+    """Train only the top k blocks (0: projection and scale only); None: the whole encoder."""
+    frozen_cache: bool = True
+    """Compute the frozen blocks once per text per run (with trainable_layers set)."""
+    activation_budget_mb: int = Field(2048, ge=0)
+    """One backward pass instead of two when a step's activations fit in this many MB."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    validation_splits: int = Field(0, ge=0)  # the last splits, held out for validation LDS
+    """`auto`: bf16 where the hardware computes in it natively, else fp32."""
+    validation_splits: int = Field(0, ge=0)
+    """The last n splits are held out: their LDS picks the starting scale and the kept step."""
     eval_every: int = Field(100, gt=0)
-    patience: int | None = Field(None, gt=0)  # evaluations without improvement before stopping
+    """Steps between validation evaluations (logged to MLflow)."""
+    patience: int | None = Field(None, gt=0)
+    """Stop after this many evaluations without improvement; None: run all steps."""
     checkpoint_every: int = Field(500, gt=0)
+    """Steps between training checkpoints (resume after a crash)."""
     seed: int = 0
+    """Seed of initialisation and of the steps' sampling."""
 
     @model_validator(mode="after")
     def _thresholds(self) -> TrainConfig:
@@ -203,18 +289,26 @@ class EvaluateConfig(_Section):
     methods: list[str] = Field(default_factory=lambda: [
         "airrep", "airrep-sum", "airrep-dense", "airrep-lexical", "encoder", "encoder-sum", "tfidf", "tfidf-sum",
         "logra", "tracin"])
+    """Rows of the LDS table, from the registry in airrep/methods/ (`name` attention-pooled, `name-sum` sum-
+    pooled); a misspelt name is an error."""
     noise_ceiling: bool = True
+    """Fine-tune the benchmark's subsets a second time with another seed: the LDS no method can be expected to beat."""
     # Fine-tune only the first n held-out subsets a second time for the ceiling (None: all):
     # the ceiling is then the LDS over those n subsets.
     noise_ceiling_subsets: int | None = Field(None, gt=1)
+    """Fine-tune only the first n subsets again for the ceiling; None: all."""
     gradient_max_length: int = Field(160, ge=8)
+    """Tokens per example for the gradient methods."""
     # Values stored per train example (LoGra: per linear layer, a perfect square); omitted
     # methods use dattri's defaults. LoGra at 4096/layer costs ~11x the time of 256/layer on CPU.
     gradient_proj_dim: dict[str, int] = Field(default_factory=dict)
+    """Per gradient method, its projection (LoGra: per linear layer, a perfect square); omitted: dattri's default."""
     # The LDS-versus-storage frontier: each method here (the gradient methods) runs once more
     # per budget of numbers kept per pool example, as the row ``name-sum@N`` (LoGra: the largest
     # per-layer square within N). AirRep keeps 384 (plus its sparse TF-IDF row).
     frontier: dict[str, list[int]] = Field(default_factory=dict)
+    """Per sized method (LoGra, TracIn, TRAK), storage budgets in numbers per example: one more row `name-sum@N`
+    each, for the LDS-versus-cost frontier."""
 
     @field_validator("methods")
     @classmethod
@@ -244,19 +338,28 @@ class StorageConfig(_Section):
     servers), never from this file, so they never reach logs, params or artifacts.
     """
 
-    uri: str | None = None  # default: <work_dir>/artifacts (filled in when the config is validated)
+    uri: str | None = None
+    """A local directory or s3://bucket/prefix; None: <work_dir>/artifacts. S3 credentials come only from the
+    environment."""
     max_attempts: int = Field(8, gt=0)
+    """Attempts per S3 request (boto3's standard retry mode)."""
 
 
 class TrackingConfig(_Section):
     """MLflow tracking + model registry (sqlite file by default, registry included)."""
 
-    uri: str | None = None  # default: sqlite:///<work_dir>/mlflow.db
+    uri: str | None = None
+    """MLflow tracking and registry store; None: sqlite:///<work_dir>/mlflow.db."""
     experiment: str = "airrep"
-    artifact_location: str | None = None  # default: <work_dir>/mlartifacts, or <storage uri>/mlflow on S3
-    registered_model: str | None = None  # default: airrep-<data source>
+    """MLflow experiment of the runs."""
+    artifact_location: str | None = None
+    """Where MLflow keeps run artifacts; None: <work_dir>/mlartifacts, or <storage uri>/mlflow on S3."""
+    registered_model: str | None = None
+    """Registered model name; None: airrep-<data source>."""
     promotion_margin: float = Field(0.0, ge=0)
+    """A challenger becomes champion when its LDS beats the champion's by more than this."""
     top_k: int = Field(10, gt=0)
+    """Training examples the served model returns per query by default."""
 
 
 class OrchestrationConfig(_Section):
@@ -264,28 +367,46 @@ class OrchestrationConfig(_Section):
     (see :mod:`flows.runners`)."""
 
     runner: Literal["local", "dask"] = "local"
-    max_workers: int | None = Field(None, gt=0)  # default: one per GPU, or one per CPU core without one
-    dask_address: str | None = None  # e.g. tcp://scheduler:8786; None starts a local cluster
+    """`local`: worker processes on this machine; `dask`: a Dask cluster (dask_address, or a local one)."""
+    max_workers: int | None = Field(None, gt=0)
+    """Concurrent fine-tunes; None: one per GPU, or one per CPU core without one. 1 runs them in the flow's process."""
+    dask_address: str | None = None
+    """Scheduler address such as tcp://scheduler:8786; None starts a local cluster."""
     task_retries: int = Field(3, ge=0)
+    """Retries of a failed fine-tune task."""
     task_retry_delay_seconds: float = Field(5.0, ge=0)
+    """Wait before a retry."""
     finetune_timeout_seconds: float = Field(3600.0, gt=0)
+    """A fine-tune task running longer fails (and is retried)."""
 
 
 class PipelineConfig(_Section):
     """Everything one pipeline run needs; see ``configs/`` for complete examples."""
 
     name: str = "airrep"
+    """Run name: MLflow run names and the run's folder under work_dir."""
     seed: int = 0
+    """Seed of sampling (splits, subsets, benchmark) and of the gradient projections."""
     work_dir: str = ".work"
+    """Where a run keeps its local state: artifacts, MLflow store, checkpoints."""
     data: DataConfig = Field(default_factory=DataConfig)
+    """The corpus."""
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    """Splits, subsets and the held-out benchmark."""
     base_llm: BaseLLMConfig = Field(default_factory=BaseLLMConfig)
+    """The LLM whose fine-tunes produce the labels."""
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    """One subset fine-tune."""
     train: TrainConfig = Field(default_factory=TrainConfig)
+    """AirRep encoder training."""
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    """The LDS table."""
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    """The artifact store."""
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """MLflow tracking and the model registry."""
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    """How fine-tunes fan out."""
 
     @model_validator(mode="after")
     def _artifacts_under_work_dir(self) -> PipelineConfig:

@@ -216,3 +216,23 @@ def test_a_missing_extra_names_what_to_install(monkeypatch):
         resolve_encoder("minilm")
     assert resolve_encoder("some/path") == "some/path"  # only the packaged name needs the extra
     assert require("json", "none", "-").dumps([]) == "[]"
+
+
+def test_every_field_is_described_and_the_reference_is_current():
+    """docs/config.md is generated from the fields' descriptions; regenerate it with
+    ``python -m airrep.config_reference > docs/config.md`` after changing a field."""
+    from pydantic import BaseModel
+
+    from airrep.config_reference import config_reference
+
+    def undescribed(model: type[BaseModel], prefix: str = "") -> list[str]:
+        missing = []
+        for name, field in model.model_fields.items():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                missing += undescribed(field.annotation, f"{prefix}{name}.")
+            if not (field.description or "").strip():
+                missing.append(f"{prefix}{name}")
+        return missing
+
+    assert undescribed(PipelineConfig) == []
+    assert (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text() == config_reference()
