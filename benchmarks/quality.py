@@ -69,11 +69,12 @@ def describe_machine(info: dict) -> str:
 
 def run_dataset(config_path: str, dataset: str, extra: list[str]) -> dict[str, Any]:
     """The whole pipeline on one dataset; returns its LDS table, training curve and timings."""
+    from airrep.config import load_config
     from flows.pipeline import pipeline
 
     overrides = [f"data.source={dataset}", f"name=bench-{dataset}", *extra]
     start = time.perf_counter()
-    result = pipeline(config_path, overrides)
+    result = pipeline(load_config(config_path, overrides))
     seconds = time.perf_counter() - start
     return {"overrides": overrides, "seconds": round(seconds, 1), "table": result["evaluation"]["table"],
             "curve": result["model"]["curve"], "model_key": result["model"]["key"], "llm": result["llm"],
@@ -85,11 +86,12 @@ def run_dataset(config_path: str, dataset: str, extra: list[str]) -> dict[str, A
 def _run_inputs(config_path: str, run: dict[str, Any]):
     """The typed config, index, records and benchmark of a finished pipeline run."""
     from airrep.assemble import benchmark_data
-    from flows.common import config_dict
+    from airrep.config import load_config
+    from flows.common import config_data
     from tasks.common import records_by_id, store_for, typed
     from tasks.labels import load_index, npy_load
 
-    config = config_dict(config_path, run["overrides"])
+    config = config_data(load_config(config_path, run["overrides"]))
     cfg = typed(config)
     index = load_index(config, run["index_key"])
     by_id = records_by_id(cfg)
@@ -160,15 +162,16 @@ def task_classification(config_path: str, run: dict[str, Any], gradients: bool =
     (test and pool); tasks with fewer records than probe folds are left out. The base LM's
     gradient features only with ``gradients`` (4 of the probe's 4.3 minutes on 2 cores)."""
     from airrep.baselines.gradient import gradient_features
+    from airrep.config import load_config
     from airrep.llm import load_base_llm
     from airrep.metrics import classification_accuracy
     from airrep.model import AirRep
-    from flows.common import config_dict
+    from flows.common import config_data
     from tasks.common import records_by_id, typed
     from tasks.labels import load_index, local_llm_path
     from tasks.model import fetch_model_dir
 
-    config = config_dict(config_path, run["overrides"])
+    config = config_data(load_config(config_path, run["overrides"]))
     cfg = typed(config)
     bench = load_index(config, run["index_key"]).benchmark
     by_id = records_by_id(cfg)

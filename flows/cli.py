@@ -116,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
 
     config = load_config(args.config, args.overrides)
-    result = pipeline(args.config, args.overrides)
+    result = pipeline(config)
     _print_result(result)
     _print_ui_hints(config)
     return 0
@@ -126,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flows.train_evaluate_promote import train_evaluate_promote
 
     config = load_config(args.config, args.overrides)
-    _print_result(train_evaluate_promote(args.config, args.overrides))
+    _print_result(train_evaluate_promote(config))
     _print_ui_hints(config)
     return 0
 
@@ -134,8 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_labels(args: argparse.Namespace) -> int:
     from flows.label_generation import label_generation
 
-    load_config(args.config, args.overrides)
-    result = label_generation(args.config, args.overrides)
+    result = label_generation(load_config(args.config, args.overrides))
     print(f"\nfine-tunes: {result['computed']} run now, {result['skipped']} already finished and skipped")
     print(f"base LLM fingerprint: {result['llm']['fingerprint']}")
     print("labels published at:\n  " + "\n  ".join(result["label_keys"]))
@@ -145,8 +144,7 @@ def cmd_labels(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from flows.evaluate import evaluate_model
 
-    load_config(args.config, args.overrides)
-    result = evaluate_model(args.config, args.overrides, args.model)
+    result = evaluate_model(load_config(args.config, args.overrides), args.model)
     print("\nLDS on held-out subsets (×100):\n")
     print(result["markdown"])
     print(f"\nplot: {result['files']['plot']}")
@@ -196,8 +194,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from flows.watch_base_llm import watch_base_llm
 
-    load_config(args.config, args.overrides)
-    result = watch_base_llm(args.config, args.overrides, trigger=args.trigger)
+    result = watch_base_llm(load_config(args.config, args.overrides), trigger=args.trigger)
     if not result["changed"]:
         print(f"base LLM unchanged ({result['fingerprint']}): nothing to retrain")
     else:

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import config_dict
+from flows.common import ConfigParameter, config_data, run_config
 from flows.train_evaluate_promote import benchmark_losses
 from tasks.common import store_for, typed
 from tasks.labels import prepare_base_llm, sample_splits
@@ -14,13 +14,12 @@ from tasks.model import evaluate_task
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate_model(config_path: str = "configs/tiny.yaml", overrides: list[str] | None = None,
-                   model_path: str = "") -> dict[str, Any]:
+def evaluate_model(config: ConfigParameter = None, model_path: str = "") -> dict[str, Any]:
     """LDS table for the AirRep at ``model_path`` and every configured baseline."""
     from airrep.keys import evaluated_model_key
     from airrep.llm import fingerprint
 
-    config = config_dict(config_path, overrides)
+    config = config_data(run_config(config))
     index = sample_splits(config)
     llm = prepare_base_llm(config, index["key"])
     loss_keys, repeat_keys, _ = benchmark_losses(config, index["key"], llm)

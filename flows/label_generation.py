@@ -8,16 +8,16 @@ from prefect import flow
 
 from airrep.config import FinetuneConfig
 from airrep.plan import label_keys
-from flows.common import config_dict, orchestration
+from flows.common import ConfigParameter, config_data, orchestration, run_config
 from flows.fanout import finetune_subsets
 from flows.runners import task_runner
 from tasks.labels import load_index, normalize_labels, prepare_base_llm, sample_splits
 
 
 @flow(name="label-generation", log_prints=True)
-def label_generation(config_path: str = "configs/tiny.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
+def label_generation(config: ConfigParameter = None) -> dict[str, Any]:
     """Generate attribution labels; returns the keys of everything it published."""
-    config = config_dict(config_path, overrides)
+    config = config_data(run_config(config))
     index = sample_splits(config)
     llm = prepare_base_llm(config, index["key"])
     split_index = load_index(config, index["key"])

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import config_dict, orchestration
+from flows.common import ConfigParameter, config_data, orchestration, run_config
 from flows.fanout import finetune_subsets
 from flows.label_generation import label_generation
 from flows.runners import task_runner
@@ -27,11 +27,11 @@ def benchmark_losses(config: dict[str, Any], index_key: str,
 
 
 @flow(name="train-evaluate-promote", log_prints=True)
-def train_evaluate_promote(config_path: str = "configs/tiny.yaml", overrides: list[str] | None = None,
-                           labels: dict[str, Any] | None = None) -> dict[str, Any]:
+def train_evaluate_promote(config: ConfigParameter = None, labels: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train and evaluate AirRep on published labels (generated first if not given)."""
-    config = config_dict(config_path, overrides)
-    labels = labels or label_generation(config_path, overrides)
+    typed_config = run_config(config)
+    labels = labels or label_generation(typed_config)
+    config = config_data(typed_config)
     index_key, llm = labels["index"]["key"], labels["llm"]
     model = train_airrep_task(config, index_key, labels["label_keys"])
     loss_keys, repeat_keys, bench_results = benchmark_losses(config, index_key, llm)

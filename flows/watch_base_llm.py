@@ -16,7 +16,7 @@ from prefect import flow
 from prefect.events import emit_event
 from prefect.logging import get_run_logger
 
-from flows.common import config_dict
+from flows.common import ConfigParameter, config_data, run_config
 from flows.pipeline import pipeline
 from tasks.labels import sample_splits
 from tasks.model import fingerprint_base_llm
@@ -25,15 +25,13 @@ EVENT = "airrep.base-llm.changed"
 
 
 @flow(name="watch-base-llm", log_prints=True)
-def watch_base_llm(config_path: str = "configs/tiny.yaml", overrides: list[str] | None = None,
-                   trigger: Literal["inline", "event"] = "inline") -> dict[str, Any]:
+def watch_base_llm(config: ConfigParameter = None, trigger: Literal["inline", "event"] = "inline") -> dict[str, Any]:
     """Compare the base LLM's fingerprint with the champion's; retrain on a change."""
-    from airrep.config import PipelineConfig
     from infra import tracking
 
     logger = get_run_logger()
-    config = config_dict(config_path, overrides)
-    cfg = PipelineConfig.model_validate(config)
+    cfg = run_config(config)
+    config = config_data(cfg)
     index = sample_splits(config)
     current = fingerprint_base_llm(config, index["key"])
     tracking.ensure_experiment(cfg)
@@ -44,8 +42,11 @@ def watch_base_llm(config_path: str = "configs/tiny.yaml", overrides: list[str] 
         logger.info("base LLM unchanged (%s); nothing to do", current)
         return {"changed": False, "fingerprint": current}
     logger.info("base LLM changed: %s -> %s; retraining", previous, current)
+    if trigger == "inline":
+        return {"changed": True, "fingerprint": current, "previous": previous, "pipeline": pipeline(cfg)}
+    # The deployment's trigger starts the retrain with this run's whole config (its overrides
+    # included). Inline, no event: where deployments are set up it would start a second one.
     emit_event(event=EVENT, resource={"prefect.resource.id": f"airrep.registered-model.{name}"},
-               payload={"previous": previous, "current": current, "config_path": config_path,
-                        "overrides": overrides or []})
-    result = pipeline(config_path, overrides) if trigger == "inline" else None
+               payload={"previous": previous, "current": current, "config": config})
+    result = None
     return {"changed": True, "fingerprint": current, "previous": previous, "pipeline": result}

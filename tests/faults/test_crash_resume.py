@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from airrep.config import load_config
 from flows.label_generation import label_generation
 from infra.storage import MARKER_SUFFIX
 
@@ -78,12 +79,12 @@ def test_sigkill_then_resume_redoes_only_the_missing_finetunes(micro_overrides, 
     published = len(_published_finetunes(s3_env, raw_bucket))
     assert KILL_AFTER <= published < total
 
-    resumed = label_generation("configs/tiny.yaml", overrides)
+    resumed = label_generation(load_config("configs/tiny.yaml", overrides))
     assert resumed["skipped"] == published
     assert resumed["computed"] == total - published
 
     fresh = overrides + [f"storage.uri={s3_env.rsplit('/', 1)[0]}/uninterrupted"]
-    uninterrupted = label_generation("configs/tiny.yaml", fresh)
+    uninterrupted = label_generation(load_config("configs/tiny.yaml", fresh))
     assert uninterrupted["computed"] == total
     for after_crash, clean in zip(published_labels(resumed, overrides), published_labels(uninterrupted, fresh),
                                     strict=True):
@@ -123,7 +124,7 @@ def test_sigterm_stops_soon_with_a_failing_exit_code_and_keeps_finished_work(mic
     published = len(_published_finetunes(s3_env, raw_bucket))
     assert 2 <= published < total
 
-    resumed = label_generation("configs/tiny.yaml", overrides)
+    resumed = label_generation(load_config("configs/tiny.yaml", overrides))
     assert (resumed["skipped"], resumed["computed"]) == (published, total - published)
     print(f"SIGTERM: stopped {stopped_after:.1f} s after the signal with exit status {process.returncode} and "
           "no process left behind, "

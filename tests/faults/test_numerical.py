@@ -8,6 +8,7 @@ import urllib.parse
 
 import pytest
 
+from airrep.config import load_config
 from airrep.finetune import DivergedError
 from flows.label_generation import label_generation
 
@@ -17,7 +18,7 @@ def test_diverging_finetune_fails_and_publishes_nothing(micro_overrides, s3_env,
                                    "sampling.n_subsets=2"]
     task_log = log_messages("prefect.task_runs", logging.INFO)
     with pytest.raises(DivergedError) as failure:
-        label_generation("configs/tiny.yaml", overrides)
+        label_generation(load_config("configs/tiny.yaml", overrides))
     message = str(failure.value)
     assert ("nan" in message.lower() or "inf" in message.lower()) and "lower finetune.lr" in message
     retried = [m for m in task_log if "DivergedError" in m and "Retry 1/1" in m]

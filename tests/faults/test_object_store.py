@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from airrep.config import load_config
 from infra.storage import MARKER_SUFFIX, ArtifactNotFoundError, open_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,7 +133,7 @@ def test_pipeline_completes_on_a_flaky_store(micro_overrides, s3_env, s3_server,
     proxy = fault_proxy(error_500=0.04, error_503=0.04, delay=0.04, delay_seconds=0.5, drop=0.04, seed=1)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # the artifact store goes through the proxy
     storage_log = log_messages("infra.storage", logging.WARNING)
-    result = pipeline("configs/tiny.yaml", micro_overrides)
+    result = pipeline(load_config("configs/tiny.yaml", micro_overrides))
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
 
     injected = sum(proxy.log.injected.values())

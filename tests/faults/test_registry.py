@@ -12,7 +12,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from airrep.config import load_config
-from flows.common import config_dict
+from flows.common import config_data
 from flows.label_generation import label_generation
 from flows.pipeline import pipeline
 from infra import tracking
@@ -27,8 +27,8 @@ def _champions(client: MlflowClient, name: str) -> list[str]:
 
 
 def test_nan_and_concurrent_challengers(micro_overrides):
-    first = pipeline("configs/tiny.yaml", micro_overrides)
-    labels = label_generation("configs/tiny.yaml", micro_overrides)  # all published: nothing re-runs
+    first = pipeline(load_config("configs/tiny.yaml", micro_overrides))
+    labels = label_generation(load_config("configs/tiny.yaml", micro_overrides))  # all published: nothing re-runs
     assert labels["computed"] == 0
     config = load_config("configs/tiny.yaml", micro_overrides)
     name = tracking.registered_model_name(config)
@@ -37,7 +37,7 @@ def test_nan_and_concurrent_challengers(micro_overrides):
 
     def challenger(steps: int, lds: float) -> tuple[dict, dict, dict]:
         """A genuinely different model (trained for ``steps``) with the given benchmark LDS."""
-        cfg = config_dict("configs/tiny.yaml", micro_overrides + [f"train.steps={steps}"])
+        cfg = config_data(load_config("configs/tiny.yaml", micro_overrides + [f"train.steps={steps}"]))
         model = train_airrep_task(cfg, first["index_key"], labels["label_keys"])
         evaluation = {**first["evaluation"], "lds": lds, "champion_lds": None}
         return cfg, model, evaluation

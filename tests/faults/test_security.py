@@ -334,7 +334,7 @@ def test_hostile_ids_stay_inside_the_prefix(sharegpt_records, tiny_random_lm, mi
     overrides = micro_overrides + SMALL_SAMPLING + [
         f"base_llm.name={tiny_random_lm.path}", f"data.source={corpus}", f"work_dir={work}"]
 
-    result = label_generation(CONFIG, overrides)
+    result = label_generation(load_config(CONFIG, overrides))
 
     store = open_store(s3_env)
     index = SubsetIndex.from_json(store.get_bytes(result["index"]["key"]).decode())
@@ -420,7 +420,7 @@ def _prefect_texts(started: datetime, credentials: dict[str, str]) -> dict[str, 
     texts: dict[str, str] = {}
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)))
-        assert {r.name for r in runs} and any(r.parameters.get("overrides") for r in runs)
+        assert {r.name for r in runs} and any(r.parameters.get("config") for r in runs)  # the whole config
         for run in runs:
             texts[f"prefect flow run {run.name} parameters"] = json.dumps(run.parameters, default=str)
         artifacts = client.read_artifacts(flow_run_filter=FlowRunFilter(id={"any_": [r.id for r in runs]}))
@@ -477,7 +477,7 @@ def test_credentials_never_leave_the_environment(micro_overrides, tmp_path, monk
         caplog.set_level(logging.DEBUG, logger=quieted)  # (an earlier CLI test may have quieted them)
     started = datetime.now(UTC)
 
-    result = pipeline(CONFIG, micro_overrides)
+    result = pipeline(load_config(CONFIG, micro_overrides))
 
     assert result["registry"]["version"]
     assert any(r.name == "botocore.endpoint" and r.levelno == logging.DEBUG for r in caplog.records), \

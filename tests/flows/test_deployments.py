@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from airrep.config import load_config
+
 pytestmark = pytest.mark.slow  # end to end: scheduled first (conftest)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,7 +110,7 @@ def test_deploy_schedule_trigger_and_worker_run(prefect_server, micro, tmp_path)
 
     # A process worker runs the pipeline deployment once (micro settings, local storage).
     overrides = micro + [f"work_dir={tmp_path / 'work'}", f"storage.uri={tmp_path / 'artifacts'}"]
-    params = json.dumps({"config_path": "configs/tiny.yaml", "overrides": overrides})
+    params = json.dumps({"config": load_config("configs/tiny.yaml", overrides, environ={}).model_dump(mode="json")})
     out = _run([PREFECT, "deployment", "run", "pipeline/pipeline", "--params", params], env)
     run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
     waiting = _api(api, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})

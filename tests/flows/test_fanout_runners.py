@@ -12,7 +12,7 @@ from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
-from airrep.config import OrchestrationConfig
+from airrep.config import OrchestrationConfig, load_config
 from airrep.labels import normalize
 from flows.label_generation import label_generation
 from flows.runners import local_cluster_kwargs, task_runner
@@ -36,9 +36,9 @@ def test_one_local_worker_runs_in_process_and_more_are_processes(monkeypatch):
 
 
 def test_worker_processes_match_the_in_process_worker(micro_overrides, tmp_path, published_labels):
-    in_process = label_generation("configs/tiny.yaml", micro_overrides)  # MICRO: max_workers=1
+    in_process = label_generation(load_config("configs/tiny.yaml", micro_overrides))  # MICRO: max_workers=1
     processes = micro_overrides + [f"storage.uri={tmp_path / 'process-artifacts'}", "orchestration.max_workers=2"]
-    on_processes = label_generation("configs/tiny.yaml", processes)
+    on_processes = label_generation(load_config("configs/tiny.yaml", processes))
     assert on_processes["computed"] == 8 and on_processes["skipped"] == 0  # a separate store: all ran again
     # Same subsets, seeds and settings; only the torch threads per process differ, which moves
     # bf16 sums by a few 1e-3 nats, an order below the spread between subsets that labels encode.

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow  # end to end: scheduled first (conftest)
 
 def test_pipeline_end_to_end_resumes_and_serves(micro_overrides, full_evaluation, capsys):
     micro_overrides = micro_overrides + full_evaluation
-    first = pipeline("configs/tiny.yaml", micro_overrides)
+    first = pipeline(load_config("configs/tiny.yaml", micro_overrides))
     config = load_config("configs/tiny.yaml", micro_overrides)
     name = tracking.registered_model_name(config)
 
@@ -47,7 +47,7 @@ def test_pipeline_end_to_end_resumes_and_serves(micro_overrides, full_evaluation
     assert any("/mlflow/" in k for k in keys), "MLflow's artifact root is on S3 too"
 
     # A second run redoes nothing: every fine-tune and the training are skipped.
-    second = pipeline("configs/tiny.yaml", micro_overrides)
+    second = pipeline(load_config("configs/tiny.yaml", micro_overrides))
     assert second["finetunes_computed"] == 0 and second["finetunes_skipped"] == 16
     assert second["model"]["skipped"]
     assert second["registry"]["skipped"] and second["registry"]["version"] == first["registry"]["version"]

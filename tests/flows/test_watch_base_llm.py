@@ -32,18 +32,18 @@ def one_more_pretraining_step(model_dir, config) -> None:
 
 def test_watch_retrains_only_when_the_base_llm_changes(micro_overrides, tmp_path):
     # A local base-LLM directory (what a team points base_llm.name at): the micro tiny LM.
-    tiny = label_generation("configs/tiny.yaml", micro_overrides)["llm"]["path"]
+    tiny = label_generation(load_config("configs/tiny.yaml", micro_overrides))["llm"]["path"]
     base_dir = tmp_path / "base-llm"
     shutil.copytree(tiny, base_dir)
     overrides = micro_overrides + [f"base_llm.name={base_dir}"]
     config = load_config("configs/tiny.yaml", overrides)
     name = tracking.registered_model_name(config)
 
-    first = pipeline("configs/tiny.yaml", overrides)
+    first = pipeline(config)
     assert first["registry"]["promoted"]
     old_fp = first["llm"]["fingerprint"]
 
-    unchanged = watch_base_llm("configs/tiny.yaml", overrides)
+    unchanged = watch_base_llm(config)
     assert unchanged == {"changed": False, "fingerprint": old_fp}
     versions_before = {v.version for v in MlflowClient().search_model_versions(f"name = '{name}'")}
 
@@ -51,7 +51,7 @@ def test_watch_retrains_only_when_the_base_llm_changes(micro_overrides, tmp_path
     new_fp = fingerprint(str(base_dir))
     assert new_fp != old_fp
 
-    changed = watch_base_llm("configs/tiny.yaml", overrides)
+    changed = watch_base_llm(config)
     assert changed["changed"] and changed["previous"] == old_fp and changed["fingerprint"] == new_fp
     result = changed["pipeline"]
     assert result["finetunes_computed"] > 0, "new base LLM: every fine-tune is new work"
@@ -64,6 +64,6 @@ def test_watch_retrains_only_when_the_base_llm_changes(micro_overrides, tmp_path
     assert champion["tags"]["benchmark_fingerprint"] == result["benchmark_fingerprint"]
     assert result["evaluation"]["champion_lds"] is not None
 
-    again = watch_base_llm("configs/tiny.yaml", overrides)
+    again = watch_base_llm(config)
     if champion["tags"]["base_llm_fingerprint"] == new_fp:
         assert not again["changed"]
