@@ -1,11 +1,12 @@
 """Stage 7: retrain when the base LLM changes.
 
-The base LLM's fingerprint (hub commit, or a hash of local weights) is compared with the
-``base_llm_fingerprint`` tag of the registered champion. On a change the flow emits the
-Prefect event ``airrep.base-llm.changed``; the ``pipeline`` deployment in ``prefect.yaml``
-has a trigger on that event, so on a Prefect server the retrain starts there. Without a
-server (``trigger="inline"``, the default of ``airrep watch``) the pipeline runs as a
-subflow right here.
+The base LLM's fingerprint (hub commit, or a hash of local weights) is compared with the one
+the last pipeline run evaluated (a tag on the registered model, set whether or not its model
+was promoted, so a retrain whose model loses is not started again every hour). On a change,
+``trigger="event"`` (the ``watch-base-llm`` deployment) emits the Prefect event
+``airrep.base-llm.changed`` with the run's whole config, and the ``pipeline`` deployment's
+trigger in ``prefect.yaml`` starts the retrain on a worker; ``trigger="inline"`` (the
+default of ``airrep watch``) runs the pipeline as a subflow right here and emits nothing.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ def watch_base_llm(config: ConfigParameter = None, trigger: Literal["inline", "e
     current = fingerprint_base_llm(config, index["key"])
     tracking.ensure_experiment(cfg)
     name = tracking.registered_model_name(cfg)
-    champion = tracking.champion_info(name)
-    previous = champion["tags"].get("base_llm_fingerprint") if champion else None
+    previous = tracking.evaluated_base_llm(name)
     if previous == current:
         logger.info("base LLM unchanged (%s); nothing to do", current)
         return {"changed": False, "fingerprint": current}

@@ -433,6 +433,28 @@ def champion_info(registered_name: str) -> dict[str, Any] | None:
             "model_uri": f"models:/{registered_name}@{CHAMPION}"}
 
 
+# On the registered model: the base LLM whose pipeline run last finished registering, promoted
+# or not. The watch compares with it, so a retrain whose model loses is not triggered again.
+EVALUATED_BASE_LLM_TAG = "evaluated_base_llm_fingerprint"
+
+
+def record_evaluated_base_llm(registered_name: str, fingerprint: str) -> None:
+    MlflowClient().set_registered_model_tag(registered_name, EVALUATED_BASE_LLM_TAG, fingerprint)
+
+
+def evaluated_base_llm(registered_name: str) -> str | None:
+    """The base LLM last evaluated for ``registered_name`` (the champion's, for a registry from
+    before the tag existed); ``None`` if nothing was registered."""
+    try:
+        tags = MlflowClient().get_registered_model(registered_name).tags
+    except MlflowException:
+        return None
+    if EVALUATED_BASE_LLM_TAG in tags:
+        return tags[EVALUATED_BASE_LLM_TAG]
+    champion = champion_info(registered_name)
+    return champion["tags"].get("base_llm_fingerprint") if champion else None
+
+
 def find_version(registered_name: str, tags: Mapping[str, str]) -> str | None:
     """The newest version of ``registered_name`` carrying all of ``tags``, or ``None``."""
     try:

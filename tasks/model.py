@@ -144,6 +144,7 @@ def register_and_promote(config: dict[str, Any], index_key: str, llm: dict[str, 
     existing = tracking.find_version(name, {"model_key": model_key, "config_hash": tags["config_hash"]})
     if existing is not None:  # a re-run with nothing changed: the registry already has this model
         champion = tracking.champion_info(name)
+        tracking.record_evaluated_base_llm(name, llm["fingerprint"])
         logger.info("%s version %s already holds this model; not registered again", name, existing)
         return {"name": name, "version": existing, "promoted": bool(champion and champion["version"] == existing),
                 "champion": champion["version"] if champion else None, "skipped": True}
@@ -158,6 +159,7 @@ def register_and_promote(config: dict[str, Any], index_key: str, llm: dict[str, 
     if evaluation.get("champion_lds") is not None:
         tracking.rescore_champion(name, evaluation["champion_lds"], bench_fp)
     promoted = tracking.promote(name, version.version, evaluation["lds"], bench_fp, cfg.tracking.promotion_margin)
+    tracking.record_evaluated_base_llm(name, llm["fingerprint"])  # promoted or not: the watch's reference
     champion = tracking.champion_info(name)
     logger.info("registered %s version %s (LDS %.4f): %s", name, version.version, evaluation["lds"],
                 "promoted to champion" if promoted else "stays challenger")
