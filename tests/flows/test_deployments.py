@@ -88,6 +88,9 @@ def test_deploy_schedule_trigger_and_worker_run(prefect_server, micro, tmp_path)
     assert deployments["watch-base-llm"]["work_pool_name"] == "cpu"
     assert deployments["pipeline"]["work_pool_name"] == "gpu"
     assert deployments["pipeline"]["job_variables"]["env"]["CUDA_VISIBLE_DEVICES"] == "0"
+    # One retrain at a time: a run started while another runs waits for it.
+    assert deployments["pipeline"]["global_concurrency_limit"]["limit"] == 1
+    assert deployments["pipeline"]["concurrency_options"]["collision_strategy"] == "ENQUEUE"
 
     # The cron schedules produce scheduled runs (the scheduler service fills them in).
     deadline = time.monotonic() + 90
