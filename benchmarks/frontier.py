@@ -73,7 +73,7 @@ def frontier_markdown(results: dict[str, Any]) -> list[str]:
         lines += [f"**{name}**", "", "| method | numbers per example | bytes per example | s per query | LDS×100 |",
                   "|---|---|---|---|---|"]
         for r in points:
-            spq = "-" if r.get("seconds_per_query") is None else f"{r['seconds_per_query']:.3f}"
+            spq = "-" if r.get("seconds_per_query") is None else f"{r['seconds_per_query']:.2g}"
             lines.append(f"| {r['method']} | {r['dim']} | {r['bytes']:,.0f} | {spq} | {100 * r['lds']:.2f} |")
         airrep = next((r for r in points if r["method"] == "airrep"), None)
         if airrep:

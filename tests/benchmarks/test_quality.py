@@ -85,7 +85,7 @@ def test_frontier_says_how_much_storage_logra_needs_to_match_airrep(tmp_path):
     (tmp_path / "quality.json").write_text(json.dumps(results))
     main(["--report-only", "--out", str(tmp_path), "--markdown", str(tmp_path / "RESULTS.md")])
     report = (tmp_path / "RESULTS.md").read_text()
-    assert "| logra-sum@18375 | 18375 | 73,500 | 0.300 | 40.00 |" in report
+    assert "| logra-sum@18375 | 18375 | 73,500 | 0.3 | 40.00 |" in report
     assert "| tfidf | 2000 | 464 | 0.001 | 25.00 |" in report
     assert (tmp_path / "quality-frontier.png").stat().st_size > 1000
 
