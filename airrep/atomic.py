@@ -4,12 +4,13 @@ The payload goes to a uniquely named temporary file in the same folder (two writ
 never share one), is flushed to disk, and is then renamed over the target. This is the one
 place that does so: :func:`atomic_path` for writers that need a path (safetensors, a
 streamed download), :func:`write_bytes_atomic` / :func:`write_text_atomic` for payloads in
-memory.
+memory, :func:`atomic_dir` for a folder (a saved model).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """A uniquely named temporary folder beside ``path`` to fill; it takes ``path``'s place when
+    the block ends without an exception and is deleted otherwise. A folder cannot be renamed
+    over a non-empty one, so an existing ``path`` is removed first: a reader in between finds
+    no folder, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    temp.mkdir()
+    try:
+        yield temp
+        shutil.rmtree(path, ignore_errors=True)
+        temp.rename(path)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from airrep.atomic import atomic_dir
 from airrep.config import BaseLLMConfig, TinyLMConfig
 from airrep.data import Record, format_record
 from airrep.paths import cache_dir, cache_lock
@@ -40,18 +41,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 class BaseLLMError(RuntimeError):
     """The base LLM cannot be resolved or loaded safely; the message says what to do."""
-
-
-def _atomic_dir(final: Path) -> Path:
-    tmp = final.with_name(final.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _publish_dir(tmp: Path, final: Path) -> None:
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
 
 
 def smollm2_dir() -> Path:
@@ -82,10 +71,9 @@ def _convert_smollm2(target: Path) -> None:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = _atomic_dir(target)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    _publish_dir(tmp, target)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int):
@@ -167,13 +155,12 @@ def _pretrain_tiny_lm(texts: list[str], tiny: TinyLMConfig, target: Path, max_le
                         checkpoint_dir=target.with_name(target.name + ".checkpoint"))
     log.info("pretrained the tiny LM: final loss %.3f, %.0f tokens/s, %.0f s", stats.final_loss,
              stats.tokens_per_second, stats.seconds)
-    tmp = _atomic_dir(target)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "pretraining.json").write_text(json.dumps({
-        "corpus": tiny.corpus, "texts": len(texts), "tokens": int(blocks.numel()), "epochs": tiny.epochs,
-        "seconds": round(stats.seconds, 1), "final_train_loss": stats.final_loss}))
-    _publish_dir(tmp, target)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "pretraining.json").write_text(json.dumps({
+            "corpus": tiny.corpus, "texts": len(texts), "tokens": int(blocks.numel()), "epochs": tiny.epochs,
+            "seconds": round(stats.seconds, 1), "final_train_loss": stats.final_loss}))
     shutil.rmtree(target.with_name(target.name + ".checkpoint"), ignore_errors=True)
 
 
