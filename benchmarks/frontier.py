@@ -57,11 +57,17 @@ def storage_to_match(points: list[dict[str, Any]], curve: str, target: dict[str,
             f"{100 * goal:.2f}).")
 
 
+def has_frontier(results: dict[str, Any]) -> bool:
+    """Whether some dataset has a gradient method at two budgets or more: a frontier to draw."""
+    return any(sum(family(r["method"]) in CURVES for r in frontier_points(d["table"])) > 1
+               for d in results["datasets"].values())
+
+
 def frontier_markdown(results: dict[str, Any]) -> list[str]:
     """The frontier section of RESULTS.md: one table per dataset and the storage sentence."""
+    if not has_frontier(results):
+        return []
     datasets = {name: frontier_points(d["table"]) for name, d in results["datasets"].items()}
-    if not any(sum(family(r["method"]) in CURVES for r in p) > 1 for p in datasets.values()):
-        return []  # no gradient method at two budgets: no frontier to draw
     lines = ["", "## LDS against cost (the frontier)", "",
              "Each method's LDS against what it keeps per training example and what it costs per query, all "
              "measured in this run. Bytes: fp32 for dense vectors (an embedding, a projected gradient); TF-IDF rows "

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.frontier import frontier_markdown, plot_frontier
+from benchmarks.frontier import frontier_markdown, has_frontier, plot_frontier
 from benchmarks.speed import machine
 from flows.cli import prepare_environment, setup_logging
 
@@ -583,7 +583,7 @@ def write_report(results: dict[str, Any], args: argparse.Namespace, out: Path) -
     if any(d.get("scaling") for d in results["datasets"].values()):
         files.append(out / "quality-scaling.png")
         plot_scaling(results, files[-1])
-    if frontier_markdown(results):
+    if has_frontier(results):
         files.append(out / "quality-frontier.png")
         plot_frontier(results, files[-1])
     if results.get("classification"):

@@ -149,8 +149,7 @@ def build_methods(config: PipelineConfig, trained: AirRep | None = None,
             logging.getLogger(__name__).info("method %s does not apply to this run; its rows are left out", name)
             continue
         out[name] = (scorer, methods[name].selected(set(wanted)))
-    check_frontier(config.evaluate.frontier)
-    for name, budgets in config.evaluate.frontier.items():
+    for name, budgets in config.evaluate.frontier.items():  # checked when the config was validated
         for numbers in budgets:
             scorer = methods[name].build(context, numbers=numbers)
             if scorer is not None:
