@@ -47,6 +47,14 @@ class LexicalIndex:
             return sparse.csr_matrix((len(queries), 0), dtype=np.float32)
         return (self.vectorizer.transform(list(queries)) @ self.matrix.T).astype(np.float32).tocsr()
 
+    def mean_similarity(self, queries: Sequence[str]) -> np.ndarray:
+        """Each corpus row's mean cosine over ``queries``, ``(n_corpus,)``: one product with the
+        queries' mean row, not the ``(n_queries, n_corpus)`` matrix of :meth:`similarity`."""
+        if self.matrix is None:
+            return np.zeros(0, dtype=np.float32)
+        centroid = np.asarray(self.vectorizer.transform(list(queries)).mean(axis=0))  # (1, vocabulary)
+        return np.asarray(self.matrix @ centroid.T, dtype=np.float32).ravel()
+
 
 def lexical_similarity(queries: Sequence[str], corpus: Sequence[str]) -> np.ndarray:
     """Dense cosines ``(n_queries, n_corpus)`` with the IDF of ``corpus``."""

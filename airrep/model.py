@@ -430,6 +430,18 @@ class AirRep:
             sims += self.lexical_weight * index.similarity(queries).toarray()
         return sims
 
+    def attribute(self, queries: Sequence, corpus: Sequence, k: int = 10, **kwargs):
+        """The ``k`` corpus items with the highest pair score per query: :func:`airrep.api.attribute`."""
+        from airrep.api import attribute
+
+        return attribute(self, queries, corpus, k, **kwargs)
+
+    def select(self, targets: Sequence, candidates: Sequence, budget: int, **kwargs):
+        """The ``budget`` best candidates for ``targets``: :func:`airrep.api.select`."""
+        from airrep.api import select
+
+        return select(self, targets, candidates, budget, **kwargs)
+
     @staticmethod
     def score_groups(query_emb: np.ndarray | torch.Tensor, train_emb: np.ndarray | torch.Tensor,
                      groups: Sequence[Sequence[int]] | np.ndarray, pooling: Pooling = "attention",

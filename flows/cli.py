@@ -31,6 +31,7 @@ AirRep: learned training-data attribution, as an orchestrated pipeline.
   train      train, evaluate, register and promote on published labels
   evaluate   the LDS table for a trained AirRep directory on the benchmark
   attribute  top-k training examples for texts, from a registered model or a path
+  select     choose the training data most useful for a target task, within a budget
   watch      retrain when the base LLM's fingerprint differs from the champion's
 
 Configuration: a YAML file or a packaged config by name (tiny for CPU, bench, gpu, paper for
@@ -86,6 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--model", help="models:/NAME@champion (default) or a path to a logged pyfunc")
     attribute.add_argument("-k", "--top-k", type=int, default=5, help="how many examples (default: %(default)s)")
     attribute.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+
+    select = commands.add_parser("select", help="choose training data for a target task",
+                                 description="Choose the --budget candidates whose mean AirRep score over the "
+                                             "target examples is highest, and write their ids as JSON lines "
+                                             "(best first). Both files are read with the config's data.fields.")
+    _add_config_args(select)
+    select.add_argument("--targets", required=True, metavar="FILE",
+                        help="examples of the target task (.jsonl, .json or .parquet)")
+    select.add_argument("--candidates", required=True, metavar="FILE", help="the pool to choose from")
+    select.add_argument("--budget", required=True, type=int, metavar="N", help="how many candidates to choose")
+    select.add_argument("--model", help="models:/NAME@champion (default), a logged pyfunc, or a saved AirRep "
+                                        "directory")
+    select.add_argument("-o", "--out", default="-", metavar="FILE",
+                        help="where to write the JSON lines (default: standard output)")
 
     watch = commands.add_parser("watch", help="retrain if the base LLM changed",
                                 description="Compare the base LLM's fingerprint with the champion's "
@@ -151,12 +166,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_attribute(args: argparse.Namespace) -> int:
+def _load_registered(config, args: argparse.Namespace):
+    """The pyfunc at ``--model``, else the registered champion; ``None`` (with the reason on
+    stderr) when there is no champion yet."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from airrep.data import format_example
     from infra import tracking
+
+    tracking.ensure_experiment(config)
+    uri = args.model or f"models:/{tracking.registered_model_name(config)}@champion"
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except MlflowException as exc:
+        if args.model or exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise
+        print(f"airrep: no champion of {tracking.registered_model_name(config)} in {tracking.tracking_uri(config)} "
+              f"yet: run `airrep run -c {args.config}` first, or pass --model", file=sys.stderr)
+        return None
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    from airrep.data import format_example
 
     if len(args.prompt) != len(args.response):
         print(f"airrep: {len(args.prompt)} --prompt but {len(args.response)} --response: give them in pairs",
@@ -167,15 +198,8 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         print("airrep: nothing to attribute: give texts, or --prompt and --response", file=sys.stderr)
         return 2
     config = load_config(args.config, args.overrides)
-    tracking.ensure_experiment(config)
-    uri = args.model or f"models:/{tracking.registered_model_name(config)}@champion"
-    try:
-        model = mlflow.pyfunc.load_model(uri)
-    except MlflowException as exc:
-        if args.model or exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            raise
-        print(f"airrep: no champion of {tracking.registered_model_name(config)} in {tracking.tracking_uri(config)} "
-              f"yet: run `airrep run -c {args.config}` first, or pass --model", file=sys.stderr)
+    model = _load_registered(config, args)
+    if model is None:
         return 2
     import pandas as pd
 
@@ -188,6 +212,42 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         print(f"\n[{query}] {texts[int(query)][:100]}")
         for row in group.itertuples():
             print(f"  {row.rank}. {row.train_id}  score {row.score:.3f}  {row.text[:90]!r}")
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from airrep.api import select
+    from airrep.atomic import atomic_path
+    from airrep.corpora import load_records
+    from airrep.model import AirRep
+
+    if args.budget <= 0:
+        print(f"airrep: --budget must be positive, got {args.budget}", file=sys.stderr)
+        return 2
+    config = load_config(args.config, args.overrides)
+    targets, _ = load_records(config.data.model_copy(update={"source": args.targets, "limit": None}))
+    candidates, _ = load_records(config.data.model_copy(update={"source": args.candidates, "limit": None}))
+    if args.budget > len(candidates):
+        print(f"airrep: --budget {args.budget} exceeds the {len(candidates)} usable candidates in {args.candidates}",
+              file=sys.stderr)
+        return 2
+    if args.model and Path(args.model).is_dir() and any(Path(args.model).glob("*.safetensors")):
+        model = AirRep.from_pretrained(args.model)
+    else:
+        registered = _load_registered(config, args)
+        if registered is None:
+            return 2
+        model = registered.unwrap_python_model().airrep
+    chosen = select(model, targets, candidates, args.budget, show_progress_bar=len(candidates) >= 1000)
+    lines = [json.dumps({"rank": rank, "id": candidates[i].id, "score": float(chosen.scores[i])}, ensure_ascii=False)
+             for rank, i in enumerate(chosen.indices, start=1)]
+    if args.out == "-":
+        print("\n".join(lines))
+    else:
+        with atomic_path(args.out) as temp:
+            Path(temp).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print(f"{len(lines)} of {len(candidates)} candidates chosen for {len(targets)} targets: {args.out}",
+              file=sys.stderr)
     return 0
 
 
@@ -215,7 +275,7 @@ def _print_ui_hints(config) -> None:
 
 
 COMMANDS = {"run": cmd_run, "labels": cmd_labels, "train": cmd_train, "evaluate": cmd_evaluate,
-            "attribute": cmd_attribute, "watch": cmd_watch}
+            "attribute": cmd_attribute, "select": cmd_select, "watch": cmd_watch}
 
 
 # Kept at WARNING unless `-v`. ``distributed``: a local fan-out's worker processes start and

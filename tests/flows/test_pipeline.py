@@ -22,7 +22,7 @@ from tasks.common import records_by_id
 pytestmark = pytest.mark.slow  # end to end: scheduled first (conftest)
 
 
-def test_pipeline_end_to_end_resumes_and_serves(micro_overrides, full_evaluation, capsys):
+def test_pipeline_end_to_end_resumes_and_serves(micro_overrides, full_evaluation, capsys, tmp_path):
     micro_overrides = micro_overrides + full_evaluation
     first = pipeline(load_config("configs/tiny.yaml", micro_overrides))
     config = load_config("configs/tiny.yaml", micro_overrides)
@@ -81,3 +81,16 @@ def test_pipeline_end_to_end_resumes_and_serves(micro_overrides, full_evaluation
     assert main(args) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [p["train_id"] for p in printed] == [target.id]
+
+    # Selection from the champion: a near-copy of a pool example as the target picks it first.
+    targets, candidates, out = tmp_path / "targets.jsonl", tmp_path / "candidates.jsonl", tmp_path / "chosen.jsonl"
+    targets.write_text(json.dumps({"id": "t", "prompt": target.prompt, "response": " ".join(words[:-1] + ["indeed"])}))
+    candidates.write_text("".join(json.dumps({"id": r.id, "prompt": r.prompt, "response": r.response}) + "\n"
+                                  for r in (by_id[i] for i in index.benchmark.pool)))
+    args = ["select", "-c", "configs/tiny.yaml", "--targets", str(targets), "--candidates", str(candidates),
+            "--budget", "4", "-o", str(out)]
+    for override in micro_overrides:
+        args[1:1] = ["--set", override]
+    assert main(args) == 0
+    chosen = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(chosen) == 4 and chosen[0]["id"] == target.id
