@@ -275,6 +275,9 @@ class TrainConfig(_Section):
     """Steps between training checkpoints (resume after a crash)."""
     seed: int = 0
     """Seed of initialisation and of the steps' sampling."""
+    processes: int = Field(1, gt=0)
+    """Processes that share every step (one per GPU), started with `accelerate launch`; 1: train in the calling
+    process. Each encodes a share of the step's texts, so the gradient is the one-process gradient."""
 
     @model_validator(mode="after")
     def _thresholds(self) -> TrainConfig:

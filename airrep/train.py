@@ -24,11 +24,12 @@ What a step costs, and how it is kept small:
   little: a model that memorises its few thousand training texts raises it while its
   held-out LDS falls.
 
-Devices go through ``accelerate``. Under ``accelerate launch`` (several GPUs), each process
-draws its own steps and gradients are averaged across processes before every update; the
-model is not DDP-wrapped because the two-pass gradient runs two backward passes per step.
-Only the main process evaluates and saves. (The multi-process path has not been run on
-this project's CPU-only machines.)
+Devices go through ``accelerate``. Under ``accelerate launch`` (``train.processes``, see
+:mod:`airrep.launch`) the processes share every step: all draw the same dev examples and
+subsets, each encodes a share of the step's texts, and the summed gradient is the one a
+single process computes (tested). The model is not DDP-wrapped: the two-pass gradient runs
+two backward passes per step and the shares meet at the embeddings, not the parameters.
+Only the main process evaluates and saves.
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -80,6 +82,7 @@ class TrainingCurve:
     label_pairs: int = 0  # (dev example, subset) labels scored over all steps
     initial_scale: float | None = None  # the starting scale picked by validation, if candidates were given
     initial_lexical_weight: float | None = None  # likewise for the lexical channel's weight
+    processes: int = 1  # processes that shared every step (train.processes)
 
 
 def _autocast(precision: str, device: torch.device):
@@ -179,25 +182,30 @@ def activation_bytes(model: AirRepModel, n_tokens: int, start: int | None, preci
     return int(n_tokens * max(trained, 0) * per_token * size) + n_tokens * encoder["hidden_size"] * size
 
 
+def _fits(model: AirRepModel, bank: TextBank, rows: np.ndarray, config: TrainConfig) -> bool:
+    """Whether encoding ``rows`` with a graph fits ``activation_budget_mb`` (one backward pass)."""
+    need = activation_bytes(model, int(bank.lengths(rows).sum()), bank.start, config.precision)
+    return need <= config.activation_budget_mb * 2**20
+
+
 def ranking_step(model: AirRepModel, bank: TextBank, dev_rows: np.ndarray, members: np.ndarray,
                  target: torch.Tensor, config: TrainConfig, one_pass: bool | None = None,
-                 lexical: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 lexical: torch.Tensor | None = None,
+                 accelerator: Accelerator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Accumulate the gradient of one step's loss into ``model``; return ``(loss, scores)``.
 
     ``dev_rows``: bank rows of the step's dev examples; ``members``: ``(topk, subset_size)``
     bank rows of its subsets; ``target``: ``(len(dev_rows), topk)`` labels. ``one_pass``
     ``None`` decides by ``config.activation_budget_mb``. ``lexical``: ``(len(dev_rows), topk,
     subset_size)`` TF-IDF cosines of each dev example with each member, for a model with the
-    lexical channel.
+    lexical channel. With an ``accelerator`` of several processes, every process is called
+    with the same step and accumulates its share of the gradient (:func:`_shared_step`).
     """
     unique, inverse = np.unique(members, return_inverse=True)
     rows = np.concatenate([dev_rows, unique])  # every text of the step, each once
     device = next(model.parameters()).device
     groups = torch.as_tensor(inverse.reshape(members.shape), device=device) + len(dev_rows)
     n_dev = len(dev_rows)
-    if one_pass is None:
-        need = activation_bytes(model, int(bank.lengths(rows).sum()), bank.start, config.precision)
-        one_pass = need <= config.activation_budget_mb * 2**20
 
     def loss_of(emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         member_sims = (emb[:n_dev] @ emb.T)[:, groups]  # (n_dev, topk, subset_size)
@@ -206,6 +214,11 @@ def ranking_step(model: AirRepModel, bank: TextBank, dev_rows: np.ndarray, membe
         scores = pool_members(member_sims)  # (n_dev, topk)
         return weighted_ranknet(scores, target, config.t_min, config.t_max), scores
 
+    if accelerator is not None and accelerator.num_processes > 1:
+        direct = [model.lexical_weight] if lexical is not None else []
+        return _shared_step(model, bank, rows, loss_of, config, one_pass, accelerator, direct)
+    if one_pass is None:
+        one_pass = _fits(model, bank, rows, config)
     if one_pass:
         loss, scores = loss_of(bank.encode(model, rows, config.encode_chunk, config.precision))
         loss.backward()
@@ -220,6 +233,61 @@ def ranking_step(model: AirRepModel, bank: TextBank, dev_rows: np.ndarray, membe
         chunk_emb = bank.encode(model, rows[part], config.encode_chunk, config.precision)
         chunk_emb.backward(cached_grad[torch.as_tensor(part, device=device)])
     return loss.detach(), scores.detach()
+
+
+def _shared_step(model: AirRepModel, bank: TextBank, rows: np.ndarray,
+                 loss_of: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], config: TrainConfig,
+                 one_pass: bool | None, accelerator: Accelerator,
+                 direct: Sequence[nn.Parameter]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`ranking_step` with the step's texts dealt across processes.
+
+    Each process encodes only its share of ``rows``: the texts sorted by length and dealt in
+    turn, so that the shares cost about the same. The shares' embeddings are summed across
+    processes (each row is non-zero in exactly one share), so every process holds the whole
+    step's embeddings and computes the same loss; the loss's gradient with respect to its own
+    rows then flows back through its own encoder passes (with a graph kept from the first pass
+    when its share fits ``activation_budget_mb``, else re-encoded chunk by chunk). Summed over
+    processes (:func:`sum_gradients`), the parameters' gradients are the one-process gradient.
+    ``direct``: parameters the loss uses outside the encoder (the lexical weight); only the
+    main process keeps their gradient, so that the sum counts it once.
+    """
+    device = next(model.parameters()).device
+    order = np.argsort(bank.lengths(rows), kind="stable")
+    mine = np.sort(order[accelerator.process_index :: accelerator.num_processes])
+    own_rows, position = rows[mine], torch.as_tensor(mine, device=device)
+    if one_pass is None:
+        one_pass = _fits(model, bank, own_rows, config)
+    width = model.projection.out_features
+    own = torch.zeros((0, width), device=device)
+    if len(own_rows):
+        with torch.set_grad_enabled(one_pass):
+            own = bank.encode(model, own_rows, config.encode_chunk, config.precision)
+    emb = torch.zeros((len(rows), width), device=device).index_copy(0, position, own.detach())
+    emb = accelerator.reduce(emb, reduction="sum").requires_grad_(True)  # (len(rows), width), on every process
+    loss, scores = loss_of(emb)
+    trained = [p for p in direct if p.requires_grad]
+    emb_grad, *direct_grads = torch.autograd.grad(loss, [emb, *trained], allow_unused=True)
+    if accelerator.is_main_process:
+        for param, grad in zip(trained, direct_grads, strict=True):
+            if grad is not None:
+                param.grad = grad if param.grad is None else param.grad + grad
+    own_grad = emb_grad[position]
+    if one_pass and own.requires_grad:
+        own.backward(own_grad)
+    elif not one_pass:
+        for part in bank.tokens.chunks(own_rows, config.encode_chunk):
+            chunk_emb = bank.encode(model, own_rows[part], config.encode_chunk, config.precision)
+            chunk_emb.backward(own_grad[torch.as_tensor(part, device=device)])
+    return loss.detach(), scores.detach()
+
+
+def sum_gradients(params: Sequence[nn.Parameter], accelerator: Accelerator) -> None:
+    """Replace each gradient by its sum over processes, in one all-reduce (a process without
+    a gradient for a parameter contributes zeros)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    total = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="sum")
+    for param, part in zip(params, total.split([g.numel() for g in grads]), strict=True):
+        param.grad = part.view_as(param).to(param.dtype)
 
 
 @dataclass
@@ -333,6 +401,108 @@ def _set_dropout(model: AirRepModel, probability: float) -> None:
             module.p = probability
 
 
+@dataclass
+class TrainingRun:
+    """What every step of one run works on: the model, its text bank, the prepared splits,
+    the processes, and the generator that draws the steps (seeded alike in every process, so
+    that all processes draw the same steps)."""
+
+    airrep: AirRep
+    bank: TextBank
+    train_splits: list[PreparedSplit]
+    held_out: list[PreparedSplit]
+    accelerator: Accelerator
+    rng: np.random.Generator
+    cache_seconds: float = 0.0
+
+    @property
+    def model(self) -> AirRepModel:
+        return self.airrep.model
+
+    @property
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+@dataclass
+class StepBatch:
+    """One step's draw: a training split, its chosen dev examples and subsets."""
+
+    split: PreparedSplit
+    dev: np.ndarray  # indices into the split's dev examples
+    subsets: np.ndarray  # indices into the split's subsets
+
+
+def start_training(splits: Sequence[TrainingSplit], config: TrainConfig, airrep: AirRep | None = None,
+                   show_progress_bar: bool = False) -> TrainingRun:
+    """The model on this process's device, its trained part set by ``config``, every text
+    tokenized (and its frozen layers computed once), every split prepared."""
+    if not splits:
+        raise ValueError("no labelled splits to train on; run label generation first")
+    if config.validation_splits >= len(splits):
+        raise ValueError(f"train.validation_splits ({config.validation_splits}) leaves no split to train on "
+                         f"({len(splits)} labelled); lower it or label more splits (sampling.n_splits)")
+    torch.manual_seed(config.seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    airrep = airrep or AirRep.from_encoder(
+        config.encoder, precision=config.precision, layers=config.encoder_layers, normalize=config.normalize,
+        initial_scale=config.initial_scale, projection_dim=config.projection_dim, lexical=config.lexical)
+    model = airrep.model.to(accelerator.device)
+    model.config.max_tokens = config.max_tokens
+    model.config.lexical = config.lexical
+    model.freeze_below(config.trainable_layers)
+    model.log_scale.requires_grad_(config.train_scale)
+    model.lexical_weight.requires_grad_(bool(model.config.lexical) and config.train_scale)
+    n_train = len(splits) - config.validation_splits
+
+    texts = [t for s in splits for t in (*s.dev_texts, *s.pool_texts)]
+    bank = TextBank(airrep.tokenizer, texts, config.max_tokens)
+    cache_seconds = 0.0
+    if config.trainable_layers is not None and config.frozen_cache and model.can_split:
+        cache_seconds = bank.build_cache(model, len(model.blocks()) - config.trainable_layers, config.encode_chunk,
+                                         config.precision, show_progress_bar=show_progress_bar)
+        log.info("frozen layers computed once for %d texts in %.0f s", len(bank), cache_seconds)
+    prepared = [_prepare(bank, s, bool(model.config.lexical)) for s in splits]
+    return TrainingRun(airrep, bank, prepared[:n_train], prepared[n_train:], accelerator,
+                       np.random.default_rng(config.seed), cache_seconds)
+
+
+def draw_step(run: TrainingRun, config: TrainConfig) -> StepBatch:
+    """A training split, up to ``reference_size`` of its dev examples and ``topk`` of its subsets."""
+    split = run.train_splits[int(run.rng.integers(len(run.train_splits)))]
+    n_subsets, n_dev = split.split.labels.shape
+    dev = run.rng.choice(n_dev, size=min(config.reference_size, n_dev), replace=False)
+    subsets = run.rng.choice(n_subsets, size=min(config.topk, n_subsets), replace=False)
+    return StepBatch(split, dev, subsets)
+
+
+def step_gradient(run: TrainingRun, batch: StepBatch,
+                  config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The step's whole gradient in every process's ``.grad`` (summed over processes);
+    returns ``(loss, scores, target)``, the same in every process."""
+    device = run.accelerator.device
+    split = batch.split.split
+    target = torch.as_tensor(split.labels[np.ix_(batch.subsets, batch.dev)].T, dtype=torch.float32,
+                             device=device)  # (n_ref, topk)
+    lexical = batch.split.lexical
+    if lexical is not None:  # (n_ref, topk, subset_size)
+        lexical = lexical[torch.as_tensor(batch.dev)][:, torch.as_tensor(split.subsets[batch.subsets])]
+        lexical = lexical.to(device)
+    loss, scores = ranking_step(run.model, run.bank, batch.split.dev_rows[batch.dev],
+                                batch.split.pool_rows[split.subsets[batch.subsets]], target, config,
+                                lexical=lexical, accelerator=run.accelerator)
+    if run.accelerator.num_processes > 1:
+        sum_gradients(run.trainable, run.accelerator)
+    return loss, scores, target
+
+
+def _main_decides(flag: bool, accelerator: Accelerator) -> bool:
+    """The main process's ``flag`` in every process (validation runs on the main process only)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(broadcast(torch.tensor([int(flag)], device=accelerator.device), from_process=0).item())
+
+
 def train_airrep(
     splits: Sequence[TrainingSplit],
     config: TrainConfig,
@@ -345,78 +515,35 @@ def train_airrep(
     The last ``config.validation_splits`` splits are held out for validation (see the module
     docstring); with none, the last step's weights are kept. Checkpoints go to
     ``out_dir/checkpoint-<step>`` every ``checkpoint_every`` steps, the kept model to ``out_dir``.
+    Under ``accelerate launch`` every process calls this; only the main process's curve holds
+    the validation results, and only it writes.
     """
-    if not splits:
-        raise ValueError("no labelled splits to train on; run label generation first")
-    if config.validation_splits >= len(splits):
-        raise ValueError(f"train.validation_splits ({config.validation_splits}) leaves no split to train on "
-                         f"({len(splits)} labelled); lower it or label more splits (sampling.n_splits)")
-    torch.manual_seed(config.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    # Data parallel: every process draws its own steps, gradients are averaged before the update.
-    rng = np.random.default_rng([config.seed, accelerator.process_index])
-    airrep = airrep or AirRep.from_encoder(
-        config.encoder, precision=config.precision, layers=config.encoder_layers, normalize=config.normalize,
-        initial_scale=config.initial_scale, projection_dim=config.projection_dim, lexical=config.lexical)
-    model = airrep.model.to(accelerator.device)
-    model.config.max_tokens = config.max_tokens
-    model.config.lexical = config.lexical
-    model.freeze_below(config.trainable_layers)
-    model.log_scale.requires_grad_(config.train_scale)
-    model.lexical_weight.requires_grad_(bool(model.config.lexical) and config.train_scale)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_train = len(splits) - config.validation_splits
-
-    texts = [t for s in splits for t in (*s.dev_texts, *s.pool_texts)]
-    bank = TextBank(airrep.tokenizer, texts, config.max_tokens)
-    curve = TrainingCurve()
-    n_blocks = len(model.blocks())
-    if config.trainable_layers is not None and config.frozen_cache and model.can_split:
-        curve.cache_seconds = bank.build_cache(model, n_blocks - config.trainable_layers, config.encode_chunk,
-                                               config.precision, show_progress_bar=show_progress_bar)
-        log.info("frozen layers computed once for %d texts in %.0f s", len(bank), curve.cache_seconds)
-    prepared = [_prepare(bank, s, bool(model.config.lexical)) for s in splits]
-    train_prepared, held_out_prepared = prepared[:n_train], prepared[n_train:]
-
+    run = start_training(splits, config, airrep, show_progress_bar)
+    airrep, model, accelerator = run.airrep, run.model, run.accelerator
+    main = accelerator.is_main_process
+    curve = TrainingCurve(cache_seconds=run.cache_seconds, processes=accelerator.num_processes)
     optimizer = _optimizer(model, config)
+    # Not accelerator.prepare'd: its scheduler wrapper steps once per process at every step
+    # (for processes that each took a batch of their own), and the gradients are summed here.
     schedule = get_scheduler({"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[
         config.schedule], optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps)
-    # The model is not wrapped for DDP: the two-pass gradient runs backward twice outside
-    # one forward, so gradients are all-reduced by hand below instead of by DDP's hooks.
-    optimizer, schedule = accelerator.prepare(optimizer, schedule)
     _set_dropout(model, config.dropout)
     # Dropout off unless configured: the ranking signal is noisy enough on its own.
     model.train(config.dropout > 0)
     best_lds, best_state, stale = -np.inf, None, 0
-    if held_out_prepared and (config.scale_candidates or model.config.lexical):
-        curve.initial_scale, curve.initial_lexical_weight = _pick_scale(model, bank, held_out_prepared, config)
-    if held_out_prepared and accelerator.is_main_process:  # step 0: the untrained model, kept if nothing beats it
-        best_lds = validation_lds(model, bank, held_out_prepared, config)
+    if run.held_out and (config.scale_candidates or model.config.lexical):
+        curve.initial_scale, curve.initial_lexical_weight = _pick_scale(model, run.bank, run.held_out, config)
+    if run.held_out and main:  # step 0: the untrained model, kept if nothing beats it
+        best_lds = validation_lds(model, run.bank, run.held_out, config)
         best_state = copy.deepcopy({n: p.detach() for n, p in model.named_parameters() if p.requires_grad})
         curve.eval_step.append(0)
         curve.eval_lds.append(best_lds)
         curve.best_step = 0
         log.info("step 0: validation LDS %.4f", best_lds)
     start = time.perf_counter()
-    for step in tqdm(range(1, config.steps + 1), desc="train AirRep", disable=not show_progress_bar):
-        k = int(rng.integers(n_train))
-        dev_rows, pool_rows, split = train_prepared[k].dev_rows, train_prepared[k].pool_rows, train_prepared[k].split
-        n_subsets, n_dev = split.labels.shape
-        chosen_dev = rng.choice(n_dev, size=min(config.reference_size, n_dev), replace=False)
-        chosen = rng.choice(n_subsets, size=min(config.topk, n_subsets), replace=False)
-        target = torch.as_tensor(split.labels[np.ix_(chosen, chosen_dev)].T, dtype=torch.float32,
-                                 device=accelerator.device)  # (n_ref, topk)
-        lexical = train_prepared[k].lexical
-        if lexical is not None:  # (n_ref, topk, subset_size)
-            lexical = lexical[torch.as_tensor(chosen_dev)][:, torch.as_tensor(split.subsets[chosen])]
-            lexical = lexical.to(accelerator.device)
-        loss, scores = ranking_step(model, bank, dev_rows[chosen_dev], pool_rows[split.subsets[chosen]],
-                                    target, config, lexical=lexical)
-        if accelerator.num_processes > 1:
-            for param in trainable:
-                if param.grad is not None:
-                    param.grad = accelerator.reduce(param.grad, reduction="mean")
-        torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+    for step in tqdm(range(1, config.steps + 1), desc="train AirRep", disable=not (show_progress_bar and main)):
+        loss, scores, target = step_gradient(run, draw_step(run, config), config)
+        torch.nn.utils.clip_grad_norm_(run.trainable, config.grad_clip)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
@@ -426,14 +553,15 @@ def train_airrep(
         curve.loss.append(float(loss))
         curve.pair_accuracy.append(pairwise_accuracy(scores, target, config.t_min))
         curve.label_pairs += target.numel()
-        if not show_progress_bar and accelerator.is_main_process and step % max(1, config.steps // 10) == 0:
+        if not show_progress_bar and main and step % max(1, config.steps // 10) == 0:
             # Orchestrated runs have no terminal for a bar: a tenth of the way, a log line.
             log.info("step %d/%d: loss %.4f, pair accuracy %.3f, %.0f s", step, config.steps,
                      float(np.mean(curve.loss[-10:])), float(np.mean(curve.pair_accuracy[-10:])),
                      time.perf_counter() - start)
         due = step % config.eval_every == 0 or step == config.steps
-        if held_out_prepared and accelerator.is_main_process and due:
-            value = validation_lds(model, bank, held_out_prepared, config)
+        stop = False
+        if run.held_out and main and due:
+            value = validation_lds(model, run.bank, run.held_out, config)
             curve.eval_step.append(step)
             curve.eval_lds.append(value)
             log.info("step %d: loss %.4f, validation LDS %.4f", step, float(np.mean(curve.loss[-10:])), value)
@@ -442,11 +570,12 @@ def train_airrep(
                 best_state = copy.deepcopy({n: p.detach() for n, p in model.named_parameters() if p.requires_grad})
             else:
                 stale += 1
-            if config.patience is not None and stale >= config.patience:
+            stop = config.patience is not None and stale >= config.patience
+            if stop:
                 log.info("validation LDS has not improved for %d evaluations: stopping at step %d", stale, step)
-                break
-        if out_dir is not None and accelerator.is_main_process and step % config.checkpoint_every == 0 \
-                and step != config.steps:
+        if run.held_out and due and _main_decides(stop, accelerator):
+            break
+        if out_dir is not None and main and step % config.checkpoint_every == 0 and step != config.steps:
             airrep.save_pretrained(Path(out_dir) / f"checkpoint-{step}")
     curve.seconds = time.perf_counter() - start
     if best_state is not None:
@@ -456,6 +585,6 @@ def train_airrep(
                     param.copy_(best_state[name])
     _set_dropout(model, 0.0)
     model.eval()
-    if out_dir is not None and accelerator.is_main_process:
+    if out_dir is not None and main:
         airrep.save_pretrained(out_dir)
     return airrep, curve

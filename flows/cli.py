@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train AirRep on the labels (generated first if missing), "
                                             "evaluate it and promote it if it beats the champion.")
     _add_config_args(train)
+    train.add_argument("--processes", type=int, metavar="N",
+                       help="train the encoder in N processes under accelerate launch, one per GPU "
+                            "(train.processes; default: the config's, 1)")
 
     evaluate = commands.add_parser("evaluate", help="LDS table for a trained AirRep directory",
                                    description="Evaluate a saved AirRep (an HF directory) and the "
@@ -140,7 +143,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from flows.train_evaluate_promote import train_evaluate_promote
 
-    config = load_config(args.config, args.overrides)
+    processes = [f"train.processes={args.processes}"] if args.processes is not None else []
+    config = load_config(args.config, [*args.overrides, *processes])
     _print_result(train_evaluate_promote(config))
     _print_ui_hints(config)
     return 0

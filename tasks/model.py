@@ -17,12 +17,12 @@ from prefect.tasks import exponential_backoff
 from airrep import keys
 from airrep.assemble import benchmark_data, training_splits
 from airrep.evaluate import evaluate_methods, group_lds
+from airrep.launch import train_to_dir
 from airrep.llm import fingerprint
 from airrep.methods import build_methods
 from airrep.methods.encoders import embedding_scores
 from airrep.model import AirRep
 from airrep.paths import cache_dir, cache_lock
-from airrep.train import train_airrep
 from tasks.common import records_by_id, store_for, typed
 from tasks.labels import load_index, load_label_split, local_llm_path, npy_load
 
@@ -31,11 +31,13 @@ from tasks.labels import load_index, load_label_split, local_llm_path, npy_load
 def train_airrep_task(config: dict[str, Any], index_key: str, label_keys: list[str]) -> dict[str, Any]:
     """Train AirRep on the published labels and publish the model directory and its curve.
 
-    Keyed by the labels and training settings: a re-run with nothing changed reuses it.
+    Keyed by the labels and training settings: a re-run with nothing changed reuses it. The
+    number of processes is not part of the key (they compute the one-process gradient), and
+    with several (``train.processes``) only this task, not the launched processes, publishes.
     """
     cfg = typed(config)
     store = store_for(cfg)
-    model = keys.model_id(label_keys, cfg.train.model_dump(), cfg.seed)
+    model = keys.model_id(label_keys, cfg.train.model_dump(exclude={"processes"}), cfg.seed)
     key, curve_key = keys.model_key(model), keys.model_curve_key(model)
     logger = get_run_logger()
     if store.exists(key) and store.exists(curve_key):
@@ -44,12 +46,13 @@ def train_airrep_task(config: dict[str, Any], index_key: str, label_keys: list[s
     index = load_index(config, index_key)
     splits = training_splits(index, records_by_id(cfg), [load_label_split(config, k) for k in label_keys])
     with tempfile.TemporaryDirectory() as tmp:
-        _, curve = train_airrep(splits, cfg.train, out_dir=tmp, show_progress_bar=False)
+        curve = train_to_dir(splits, cfg.train, tmp)
         store.put_dir(key, tmp)
     curve_dict = dataclasses.asdict(curve)
     store.put_json(curve_key, curve_dict)
-    logger.info("trained AirRep in %.0f s (%d steps; frozen layers %.0f s), final loss %.4f; kept step %s "
-                "(validation LDS %s)", curve.seconds, len(curve.step), curve.cache_seconds, curve.loss[-1],
+    logger.info("trained AirRep in %.0f s (%d steps, %d processes; frozen layers %.0f s), final loss %.4f; kept "
+                "step %s (validation LDS %s)", curve.seconds, len(curve.step), curve.processes, curve.cache_seconds,
+                curve.loss[-1],
                 curve.best_step if curve.best_step is not None else curve.step[-1],
                 f"{max(curve.eval_lds):.4f}" if curve.eval_lds else "not measured")
     return {"key": key, "curve": curve_dict, "skipped": False}
