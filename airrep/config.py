@@ -365,6 +365,17 @@ class TrackingConfig(_Section):
     """Training examples the served model returns per query by default."""
 
 
+class RetrainConfig(_Section):
+    """What the base-LLM watch does when the base LLM changes (see flows/watch_base_llm.py)."""
+
+    check_first: bool = True
+    """Score the champion on the new base LLM's held-out benchmark first (its fine-tunes only) and generate labels
+    and retrain only if it falls short; False: retrain on every change."""
+    keep_fraction: float = Field(0.9, ge=0)
+    """The champion is kept while its LDS on the new benchmark is at least this fraction of its LDS on the old one,
+    and at or above every baseline's on the new one."""
+
+
 class OrchestrationConfig(_Section):
     """How subset fine-tunes fan out: worker processes on this machine, or a Dask cluster
     (see :mod:`flows.runners`)."""
@@ -410,6 +421,8 @@ class PipelineConfig(_Section):
     """MLflow tracking and the model registry."""
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     """How fine-tunes fan out."""
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    """Whether a base-LLM change retrains, or the champion still transfers."""
 
     @model_validator(mode="after")
     def _artifacts_under_work_dir(self) -> PipelineConfig:

@@ -475,6 +475,38 @@ def champion_model_dir(registered_name: str, dest: Path) -> Path | None:
     return local / meta["flavors"]["python_function"]["artifacts"]["model"]["path"]
 
 
+# On a re-scored version: its LDS on the benchmark of the base LLM it was trained for. The
+# retrain check compares with it, so a champion kept across several base-LLM changes cannot
+# drift down by ``keep_fraction`` at each one.
+REGISTERED_LDS_TAG = "lds_as_registered"
+
+
+def registered_lds(champion: Mapping[str, Any]) -> float:
+    """The champion's LDS on its own training base LLM's benchmark (from :func:`champion_info`)."""
+    tags = champion["tags"]
+    try:
+        return float(tags.get(REGISTERED_LDS_TAG, tags.get("lds", "nan")))
+    except ValueError:
+        return float("nan")
+
+
+def log_retrain_decision(config: PipelineConfig, decision: Mapping[str, Any], markdown: str,
+                         previous: str | None, current: str) -> str:
+    """One MLflow run per retrain check: the decision, the figures behind it, the fine-tunes it
+    saved, and its table as ``retrain_decision.md``. Returns the run id."""
+    tags = {"airrep.kind": "retrain-check", "decision": "retrain" if decision["retrain"] else "keep",
+            "base_llm_fingerprint": current, "previous_base_llm_fingerprint": str(previous)}
+    with mlflow.start_run(run_name=f"{config.name}-retrain-check-{current[:8]}", tags=tags) as run:
+        mlflow.log_params({"keep_fraction": config.retrain.keep_fraction, "best_baseline": decision["best_baseline"]})
+        mlflow.log_metrics({name: float(decision[name]) for name in
+                            ("champion_lds_before", "champion_lds_now", "threshold", "finetunes_saved")
+                            if decision[name] is not None and math.isfinite(float(decision[name]))})
+        if decision["best_baseline_lds"] is not None:
+            mlflow.log_metric("best_baseline_lds", float(decision["best_baseline_lds"]))
+        mlflow.log_text(markdown, "retrain_decision.md")
+    return run.info.run_id
+
+
 def rescore_champion(registered_name: str, lds: float, benchmark_fingerprint: str) -> None:
     """Record the champion's LDS on a new benchmark (after the base LLM changed), so the next
     promotion compares challenger and champion on the same held-out subsets."""
@@ -483,6 +515,9 @@ def rescore_champion(registered_name: str, lds: float, benchmark_fingerprint: st
         return
     client = MlflowClient()
     previous = champion["tags"].get("benchmark_fingerprint")
+    if REGISTERED_LDS_TAG not in champion["tags"]:  # what it scored where it was trained, kept for good
+        client.set_model_version_tag(registered_name, champion["version"], REGISTERED_LDS_TAG,
+                                     champion["tags"].get("lds", "nan"))
     client.set_model_version_tag(registered_name, champion["version"], "lds", repr(float(lds)))
     client.set_model_version_tag(registered_name, champion["version"], "benchmark_fingerprint",
                                  benchmark_fingerprint)

@@ -187,3 +187,52 @@ def fingerprint_base_llm(config: dict[str, Any], index_key: str) -> str:
     from airrep.llm import resolve_base_llm
 
     return fingerprint(resolve_base_llm(cfg.base_llm), cfg.base_llm.revision)
+
+
+@task(cache_policy=NONE, retries=2, retry_delay_seconds=exponential_backoff(5))
+def publish_champion(config: dict[str, Any]) -> str | None:
+    """Put the registered champion's AirRep directory in the artifact store, as ``airrep
+    evaluate`` does a local one, so :func:`evaluate_task` can score it; ``None`` without one."""
+    from infra import tracking
+
+    cfg = typed(config)
+    tracking.ensure_experiment(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = tracking.champion_model_dir(tracking.registered_model_name(cfg), Path(tmp))
+        if path is None:
+            return None
+        key = keys.evaluated_model_key(fingerprint(str(path)))
+        store = store_for(cfg)
+        if not store.exists(key):
+            store.put_dir(key, path)
+    return key
+
+
+@task(cache_policy=NONE, retries=2, retry_delay_seconds=exponential_backoff(5))
+def decide_retrain(config: dict[str, Any], index_key: str, llm: dict[str, str], evaluation: dict[str, Any],
+                   previous_llm: str | None) -> dict[str, Any]:
+    """Keep the champion or retrain (:func:`airrep.retrain.decide`), from its row and the
+    baselines' in ``evaluation`` (the champion scored on the new base LLM's benchmark).
+
+    The decision and its figures go to MLflow (a run of its own) and to a Prefect artifact. A
+    kept champion is re-scored on the new benchmark, so later challengers are compared with it
+    there, and the new base LLM is recorded as evaluated, so the watch does not fire again."""
+    from airrep.retrain import baseline_lds, decide
+    from infra import tracking
+
+    cfg = typed(config)
+    name = tracking.registered_model_name(cfg)
+    champion = tracking.champion_info(name)
+    index = load_index(config, index_key)
+    label_finetunes = sum(len(split.subsets) for split in index.splits)
+    decision = decide(tracking.registered_lds(champion), evaluation["lds"], baseline_lds(evaluation["table"]["rows"]),
+                      cfg.retrain.keep_fraction, label_finetunes)
+    markdown = decision.to_markdown()
+    run_id = tracking.log_retrain_decision(cfg, decision.to_dict(), markdown, previous_llm, llm["fingerprint"])
+    create_markdown_artifact(key="retrain-decision", markdown="## Base LLM changed: retrain or keep?\n\n" + markdown,
+                             description=f"champion v{champion['version']} of {name} on the new base LLM")
+    if not decision.retrain:
+        tracking.rescore_champion(name, evaluation["lds"], benchmark_fingerprint(llm["fingerprint"], index_key, config))
+        tracking.record_evaluated_base_llm(name, llm["fingerprint"])
+    get_run_logger().info("%s: %s", "retrain" if decision.retrain else "champion kept", decision.reason)
+    return {**decision.to_dict(), "mlflow_run_id": run_id}
