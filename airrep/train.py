@@ -463,8 +463,10 @@ def start_training(splits: Sequence[TrainingSplit], config: TrainConfig, airrep:
                                          config.precision, show_progress_bar=show_progress_bar)
         log.info("frozen layers computed once for %d texts in %.0f s", len(bank), cache_seconds)
     prepared = [_prepare(bank, s, bool(model.config.lexical)) for s in splits]
+    # Seeded alike in every process; ``[seed, 0]`` is the stream one-process training has always
+    # drawn (it was seeded with the process index), so its models and results are unchanged.
     return TrainingRun(airrep, bank, prepared[:n_train], prepared[n_train:], accelerator,
-                       np.random.default_rng(config.seed), cache_seconds)
+                       np.random.default_rng([config.seed, 0]), cache_seconds)
 
 
 def draw_step(run: TrainingRun, config: TrainConfig) -> StepBatch:
