@@ -15,11 +15,13 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from airrep.config import ConfigError, load_config
 from airrep.data import CorpusError
 from airrep.extras import MissingExtraError
 from airrep.sampling import SamplingError
+from infra.supervisor import join_supervisor, run_supervised
 
 DESCRIPTION = """\
 AirRep: learned training-data attribution, as an orchestrated pipeline.
@@ -38,6 +40,8 @@ Configuration: a YAML file or a packaged config by name (tiny for CPU, bench, gp
 the paper's GPU setting; their files are in configs/), then AIRREP__SECTION__KEY environment
 variables, then --set overrides.
 Finished subset fine-tunes are published under content keys and never recomputed.
+On SIGTERM, SIGINT or SIGHUP a run stops within --stop-grace seconds, with everything it
+started, and exits with 128 + the signal (143 for SIGTERM); a re-run resumes.
 """
 
 
@@ -49,10 +53,27 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="override one config value, e.g. --set finetune.lr=1e-4 (repeatable)")
 
 
+STOP_GRACE_ENV = "AIRREP_STOP_GRACE"
+DEFAULT_STOP_GRACE = 30.0
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="airrep", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--stop-grace", type=_seconds, metavar="SECONDS",
+                        help="after a stop signal, how long the run may take to finish before it is killed "
+                             f"(default: ${STOP_GRACE_ENV}, else {DEFAULT_STOP_GRACE:.0f})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="the whole pipeline (the 'pipeline' deployment)",
@@ -375,5 +396,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def entry() -> NoReturn:
+    """The ``airrep`` command (``[project.scripts]``, ``python -m flows.cli``): :func:`main` in
+    a child process that :func:`infra.supervisor.run_supervised` stops, with everything it
+    started, within the stop grace of a stop signal. Prefect's own SIGTERM handling cannot
+    bound that alone (see :mod:`infra.supervisor`). Tests call :func:`main` in-process."""
+    argv = sys.argv[1:]
+    if join_supervisor():  # this is the child
+        sys.exit(main(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)  # --help and usage errors are answered here, at once
+    grace = args.stop_grace
+    if grace is None:
+        try:
+            grace = _seconds(os.environ.get(STOP_GRACE_ENV, str(DEFAULT_STOP_GRACE)))
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"{STOP_GRACE_ENV}: {exc}")
+    setup_logging(args.verbose)
+    sys.exit(run_supervised([sys.executable, "-m", "flows.cli", *argv], os.environ, grace))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -1,18 +1,23 @@
 """A label-generation run SIGKILLed midway loses no finished fine-tune: the re-run computes
 exactly the missing ones, and its labels equal those of a run that was never interrupted. A
-SIGTERMed run stops within seconds, exits as failed, and loses nothing either."""
+SIGTERMed run stops within seconds, exits as failed, and loses nothing either; in the middle
+of a fine-tune far longer than its stop grace, it stops within the grace, with every process
+it started."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -32,12 +37,13 @@ def _published_finetunes(s3_uri: str, raw_bucket) -> set[str]:
     return {k for k in raw_bucket(s3_uri) if k.startswith(prefix) and k.endswith(MARKER_SUFFIX)}
 
 
-def _start_labels_run(overrides: list[str], log_path: Path, prefect_home: Path | None = None) -> subprocess.Popen:
+def _start_labels_run(overrides: list[str], log_path: Path, prefect_home: Path | None = None,
+                      cli_args: Sequence[str] = ()) -> subprocess.Popen:
     """``airrep labels`` in its own process (and session): against the test's Prefect API, or
     with ``prefect_home`` on a temporary API server of its own, as ``make run`` does."""
     from prefect.settings import PREFECT_API_URL
 
-    command = [sys.executable, "-m", "flows.cli", "labels", "-c", "configs/tiny.yaml"]
+    command = [sys.executable, "-m", "flows.cli", *cli_args, "labels", "-c", "configs/tiny.yaml"]
     for override in overrides:
         command += ["--set", override]
     # The same torch threads as this process (see conftest), so its fine-tunes sum in the same order.
@@ -129,3 +135,64 @@ def test_sigterm_stops_soon_with_a_failing_exit_code_and_keeps_finished_work(mic
     print(f"SIGTERM: stopped {stopped_after:.1f} s after the signal with exit status {process.returncode} and "
           "no process left behind, "
           f"{published}/{total} published; the re-run computed {resumed['computed']}")
+
+
+LONG_FINETUNE_EPOCHS = 300  # one micro subset fine-tune: about 75 s on one thread here
+STOP_GRACE = 5.0
+STOP_MARGIN = 10.0  # the supervisor's reaction and the kill, on 2 busy cores
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    return psutil.Process(pid).children(recursive=True)
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["finetune-in-flow-process", "finetune-in-dask-workers"])
+def test_sigterm_during_a_long_finetune_stops_within_the_grace_period(micro_overrides, s3_env, raw_bucket,
+                                                                       tmp_path, workers):
+    """A fine-tune of a large LLM takes minutes, longer than any supervisor waits. SIGTERM
+    sent the way ``timeout`` sends it (to the run's whole process group, the temporary
+    Prefect API server included) in the middle of one: the run still stops within the stop
+    grace (``--stop-grace``) with status 143, no process it started survives it (API server,
+    Dask workers), and what was published before the signal is still there, unchanged."""
+    overrides = micro_overrides + [f"finetune.epochs={LONG_FINETUNE_EPOCHS}", f"orchestration.max_workers={workers}"]
+    log_path = tmp_path / "terminated-run.log"
+    process = _start_labels_run(overrides, log_path, prefect_home=tmp_path / "prefect",
+                                cli_args=["--stop-grace", str(STOP_GRACE)])
+    deadline = time.monotonic() + 300
+    while "Loading weights" not in log_path.read_text(errors="replace"):  # a fine-tune has started
+        if process.poll() is not None or time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"no fine-tune started:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.1)
+    time.sleep(3)  # into its training steps
+    started = _descendants(process.pid)
+    published = raw_bucket(s3_env)
+    os.killpg(process.pid, signal.SIGTERM)
+    sent = time.monotonic()
+    try:
+        process.wait(timeout=STOP_GRACE + STOP_MARGIN)
+    except subprocess.TimeoutExpired:
+        for leftover in [process.pid, *(p.pid for p in started)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(leftover, signal.SIGKILL)
+        pytest.fail(f"still running {STOP_GRACE + STOP_MARGIN:.0f} s after SIGTERM:\n{log_path.read_text()[-3000:]}")
+    stopped_after = time.monotonic() - sent
+    assert process.returncode == 128 + signal.SIGTERM, log_path.read_text()[-3000:]
+    time.sleep(1)  # SIGKILLed processes are gone within moments
+    survivors = [p for p in started if _alive(p)]
+    for survivor in survivors:
+        survivor.kill()
+    assert not survivors, f"outlived the run: {[' '.join(p.cmdline()[:4]) for p in survivors]}"
+    after = raw_bucket(s3_env)
+    assert {key: after.get(key) for key in published} == published
+    assert any(key.endswith(MARKER_SUFFIX) for key in published)  # the index and the base LLM at least
+    print(f"SIGTERM mid-fine-tune ({workers} worker(s)): stopped {stopped_after:.1f} s after the signal "
+          f"(grace {STOP_GRACE:.0f} s) with exit status {process.returncode}; none of its {len(started)} "
+          f"processes left; the {len(published)} objects published before it unchanged")
