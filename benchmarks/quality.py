@@ -67,12 +67,17 @@ def describe_machine(info: dict) -> str:
     return f"{info['cores']} CPU cores ({', '.join(details)})"
 
 
+def dataset_overrides(dataset: str, extra: list[str]) -> list[str]:
+    """The bench config's overrides for one dataset's run (its data source and run name)."""
+    return [f"data.source={dataset}", f"name=bench-{dataset}", *extra]
+
+
 def run_dataset(config_path: str, dataset: str, extra: list[str]) -> dict[str, Any]:
     """The whole pipeline on one dataset; returns its LDS table, training curve and timings."""
     from airrep.config import load_config
     from flows.pipeline import pipeline
 
-    overrides = [f"data.source={dataset}", f"name=bench-{dataset}", *extra]
+    overrides = dataset_overrides(dataset, extra)
     start = time.perf_counter()
     result = pipeline(load_config(config_path, overrides))
     seconds = time.perf_counter() - start
@@ -592,6 +597,10 @@ def write_report(results: dict[str, Any], args: argparse.Namespace, out: Path) -
     report = Path(args.markdown)
     discussion = ROOT / "discussion.md"
     text = results_markdown(results, results.get("config", args.config), results.get("overrides", args.overrides))
+    if (out / "selection.json").exists():  # make bench-apps' section, kept across a re-run of this one
+        from benchmarks.selection import selection_markdown
+
+        text += "\n" + selection_markdown(json.loads((out / "selection.json").read_text()))
     if discussion.exists():
         text += "\n" + discussion.read_text()
     write_text_atomic(report, text)

@@ -127,8 +127,9 @@ def shared_base_model(config: dict[str, Any], llm: dict[str, str]):
 
 
 def local_llm_path(config: dict[str, Any], llm: dict[str, str]) -> str:
-    """The base LLM on this worker: the producer's path if present, else fetched from the store."""
-    if not llm["key"] or _is_dir(llm["path"]):
+    """The base LLM on this worker: the producer's path if present, else fetched from the store
+    (an empty path: known only by its key, e.g. a registered model's base LLM)."""
+    if not llm["key"] or (llm["path"] and _is_dir(llm["path"])):
         return llm["path"]
     target = cache_dir("models", llm["fingerprint"].replace(":", "-"))
     if (target / "config.json").exists():  # every fine-tune asks: no lock once it is here
