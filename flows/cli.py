@@ -373,10 +373,12 @@ def ensure_prefect_home() -> None:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors whose message says what to fix, shown as one line with exit status 2: bad input,
-    a missing extra, a base LLM that cannot load, an artifact store that is not set up. Those of
-    modules not imported yet cannot have been raised, so they are not imported for this."""
+    a missing extra, a base LLM that cannot load, an artifact store or a Dask cluster that is not
+    set up. Those of modules not imported yet cannot have been raised, so they are not imported
+    for this."""
     errors: list[type[Exception]] = [ConfigError, CorpusError, SamplingError, MissingExtraError]
-    for module, name in (("airrep.llm", "BaseLLMError"), ("infra.storage", "ArtifactStoreError")):
+    for module, name in (("airrep.llm", "BaseLLMError"), ("infra.storage", "ArtifactStoreError"),
+                         ("flows.runners", "ClusterError")):
         if module in sys.modules:
             errors.append(getattr(sys.modules[module], name))
     return tuple(errors)

@@ -9,6 +9,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 
+from flows.runners import cluster_ready
 from tasks.labels import finetune_subset, subset_jobs
 
 
@@ -22,6 +23,7 @@ def finetune_subsets(config: dict[str, Any], llm: dict[str, str], index_key: str
     stored by the Prefect API (at most 512 KB), and the member ids of thousands of subsets
     are far larger. Retries and the timeout come from ``orchestration``; a job whose result
     is already published is skipped inside the task, so a re-run redoes only what is missing.
+    On an existing Dask cluster the workers are checked first (:func:`flows.runners.cluster_ready`).
     """
     logger = get_run_logger()
     jobs = subset_jobs(config, index_key, llm["fingerprint"], stage)
@@ -31,8 +33,9 @@ def finetune_subsets(config: dict[str, Any], llm: dict[str, str], index_key: str
                                         timeout_seconds=orch["finetune_timeout_seconds"])
     progress_id = create_progress_artifact(progress=0.0, description=f"{description}: 0/{len(jobs)}")
     results: list[dict[str, Any] | None] = [None] * len(jobs)
-    futures = {task.submit(config, llm, job.key, job.members, job.eval_ids, job.seed, job.label): i
-               for i, job in enumerate(jobs)}
+    with cluster_ready(config, index_key):
+        futures = {task.submit(config, llm, job.key, job.members, job.eval_ids, job.seed, job.label): i
+                   for i, job in enumerate(jobs)}
     for done, future in enumerate(as_completed(list(futures)), start=1):
         results[futures[future]] = future.result()
         update_progress_artifact(progress_id, progress=100.0 * done / len(jobs),

@@ -8,6 +8,13 @@
 - ``dask``: ``prefect-dask``'s ``DaskTaskRunner`` on an existing cluster (``dask_address``,
   e.g. one GPU per worker), or on a local one as above.
 
+On an existing cluster the workers report their task runs to the flow's Prefect API, which
+each task names: Prefect sends the flow's settings with every task it submits, and they take
+precedence over the worker's own. A flow without ``PREFECT_API_URL`` runs on a temporary API
+server on 127.0.0.1, which only workers on the same machine can reach; :func:`cluster_ready`
+names it in the tasks and checks, before the fan-out, that every worker reaches that API and
+reads the artifact store with the credentials of its own environment (docs/cluster.md).
+
 Concurrent fine-tunes never share a process. Torch threads training side by side in one
 process ended in segfaults inside the native libraries (four test-suite runs; never
 reproduced alone, so never fixed at the source); separate processes also keep the
@@ -17,13 +24,29 @@ fine-tunes' Python work from contending for one GIL.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import torch
+from prefect.logging import get_run_logger
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from airrep.config import OrchestrationConfig
 from flows.worker_gpu import WORKER_GPUS_ENV, gpu_names
+
+# The environment variables the artifact store reads (infra/storage.py), compared by name only
+# between the flow and a worker that cannot read the store; values never leave either process.
+STORE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+             "AWS_DEFAULT_REGION", "AWS_PROFILE")
+CLUSTER_DOCS = "docs/cluster.md"
+
+
+class ClusterError(RuntimeError):
+    """An existing Dask cluster cannot run the fan-out; the message names the worker and what to set."""
 
 
 def visible_gpus() -> list[str]:
@@ -71,9 +94,83 @@ def prefect_api_env() -> dict[str, str]:
     """Where worker processes report their task runs: the API this flow talks to. Without
     ``PREFECT_API_URL`` that is the run's temporary local server, and each worker would
     otherwise start one of its own on the same database (which then locks)."""
+    return {"PREFECT_API_URL": flow_api_url()}
+
+
+def flow_api_url() -> str:
+    """The Prefect API this process reports to: ``PREFECT_API_URL``, or the temporary server's."""
     from prefect.client.orchestration import get_client
 
-    return {"PREFECT_API_URL": str(get_client(sync_client=True).api_url).rstrip("/")}
+    return str(get_client(sync_client=True).api_url).rstrip("/")
+
+
+@contextmanager
+def cluster_ready(config: dict[str, Any], probe_key: str) -> Iterator[None]:
+    """Submit the fan-out's tasks inside this. On an existing cluster (``dask_address``) it
+    first checks every worker (:func:`check_workers`, ``probe_key`` being an artifact already
+    published), then names this flow's API in the settings each task carries: without
+    ``PREFECT_API_URL`` those would name no API, and a worker would start a temporary server
+    of its own and record the task runs there. Elsewhere it does nothing."""
+    orchestration = OrchestrationConfig.model_validate(config["orchestration"])
+    if not (orchestration.runner == "dask" and orchestration.dask_address):
+        yield
+        return
+    api_url = flow_api_url()
+    check_workers(orchestration.dask_address, api_url, config["storage"]["uri"], probe_key)
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        yield
+
+
+def check_workers(address: str, api_url: str, store_uri: str, probe_key: str) -> None:
+    """Raise :class:`ClusterError` unless every worker of the cluster at ``address`` reaches
+    ``api_url`` and sees ``probe_key`` in the store at ``store_uri``: a worker that cannot would
+    fail each fine-tune it is given, or (without the API) silently report it elsewhere."""
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout="30s", set_as_default=False)
+    except OSError as exc:
+        raise ClusterError(f"cannot connect to the Dask scheduler at {address} ({exc}); check "
+                           "orchestration.dask_address and that the scheduler is reachable from here") from exc
+    with client:
+        flow_env = [name for name in STORE_ENV if os.environ.get(name)]
+        try:
+            problems = client.run(probe_worker, api_url, not PREFECT_API_URL.value(), store_uri, probe_key,
+                                  flow_env)
+        except ImportError as exc:
+            raise ClusterError(f"the workers of the Dask cluster at {address} cannot import this pipeline ({exc}): "
+                               "start them from the worker image or an environment with airrep installed") from exc
+    if not problems:
+        get_run_logger().warning("no workers at %s yet: the fine-tunes wait for them", address)
+    for worker, problem in sorted(problems.items()):
+        if problem:
+            raise ClusterError(f"Dask worker {worker} {problem} (see {CLUSTER_DOCS})")
+
+
+def probe_worker(api_url: str, temporary_api: bool, store_uri: str, probe_key: str,
+                 flow_env: Sequence[str]) -> str | None:
+    """Run on a worker: what keeps it from running fine-tunes for this flow, or None."""
+    from infra.storage import open_store
+
+    try:
+        urllib.request.urlopen(f"{api_url}/health", timeout=10).close()
+    except urllib.error.HTTPError:
+        pass  # any HTTP answer: the API is reachable
+    except OSError as exc:
+        where = ", the run's temporary server on the flow's machine," if temporary_api else ""
+        return (f"cannot reach the flow's Prefect API at {api_url}{where} ({exc}): set PREFECT_API_URL, for the "
+                "flow, to a Prefect server that the workers reach at the same address")
+    try:
+        found = open_store(store_uri, max_attempts=2).exists(probe_key)
+    except Exception as exc:  # any failure here is the message the user needs
+        missing = [name for name in flow_env if not os.environ.get(name)]
+        unset = f"; set for the flow but not on this worker: {', '.join(missing)}" if missing else ""
+        return (f"cannot read the artifact store {store_uri} ({exc}{unset}): start the workers with the store's "
+                "credentials and endpoint in their environment")
+    if not found:
+        return (f"does not see {probe_key} in the artifact store {store_uri}, which this flow published: the "
+                "workers need the flow's store (an s3:// storage.uri, or a path every machine shares)")
+    return None
 
 
 def torch_threads_per_worker(workers: int) -> int:
