@@ -393,6 +393,15 @@ class OrchestrationConfig(_Section):
     finetune_timeout_seconds: float = Field(3600.0, gt=0)
     """A fine-tune task running longer fails (and is retried)."""
 
+    @model_validator(mode="after")
+    def _address_needs_the_dask_runner(self) -> OrchestrationConfig:
+        """A scheduler address with the local runner would be ignored: the run would go to this
+        machine while the user believes it is on their cluster."""
+        if self.dask_address and self.runner != "dask":
+            raise ValueError(f"dask_address {self.dask_address!r} is set but runner is {self.runner!r}: "
+                             "set orchestration.runner=dask to use the cluster, or unset dask_address")
+        return self
+
 
 class PipelineConfig(_Section):
     """Everything one pipeline run needs; see ``configs/`` for complete examples."""

@@ -189,6 +189,13 @@ def test_artifacts_default_to_the_work_dir_not_the_current_directory():
     assert PipelineConfig.model_validate(config.model_dump(mode="json")) == config  # stable through a task's dict
 
 
+def test_a_scheduler_address_without_the_dask_runner_is_an_error():
+    with pytest.raises(ConfigError, match="set orchestration.runner=dask"):
+        load_config("tiny", ["orchestration.dask_address=tcp://scheduler:8786"])
+    config = load_config("tiny", ["orchestration.dask_address=tcp://scheduler:8786", "orchestration.runner=dask"])
+    assert config.orchestration.dask_address == "tcp://scheduler:8786"
+
+
 def test_packaged_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch):
     from airrep.config import packaged_configs, resolve_config_path
 
