@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM = false
 export PREFECT_HOME ?= $(CURDIR)/.work/prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: run test lint install clean bench bench-quick bench-apps
+.PHONY: run test lint install clean bench bench-quick bench-apps bench-orchestration
 
 run: $(STAMP)
 	$(VENV)/bin/airrep run -c $(CONFIG)
@@ -40,6 +40,16 @@ bench-apps: $(STAMP)
 # The speed benchmarks (minutes): ratios of timings taken in one run, with the machine.
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.speed --out benchmarks/results/speed.json
+
+# Orchestration load test: 10,000 fine-tunes of a fixed 2 s through the label-generation flow
+# on a Prefect server with sqlite, then with PostgreSQL (installed from Debian's packages when
+# its server binaries are missing); writes benchmarks/ORCHESTRATION.md. Smaller:
+# make bench-orchestration ORCH_ARGS="--tasks 200".
+bench-orchestration: $(STAMP)
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || \
+		{ $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q && \
+		  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q postgresql; }
+	$(PY) -m benchmarks.orchestration $(ORCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check airrep flows tasks infra tests benchmarks

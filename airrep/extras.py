@@ -3,7 +3,9 @@
 The package's core runs the pipeline on any corpus file and encoder path. Three extras add
 the rest (pyproject.toml): ``baselines`` (dattri: LoGra, TracIn, TRAK), ``demo`` (the
 packaged ShareGPT corpus and MiniLM weights that the shipped configs use) and ``hub``
-(``datasets``, for corpora named by a hub id).
+(``datasets``, for corpora named by a hub id). A fourth, ``postgres`` (psycopg2), is the
+driver SQLAlchemy loads for a ``tracking.uri`` of ``postgresql+psycopg2://...`` (the
+production profile); no module here imports it.
 """
 
 from __future__ import annotations

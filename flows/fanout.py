@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from prefect import flow
@@ -11,6 +12,12 @@ from prefect.logging import get_run_logger
 
 from flows.runners import cluster_ready
 from tasks.labels import finetune_subset, subset_jobs
+
+# The progress artifact is updated at most this often (and once at the end). Each update is
+# a round trip to the API from the loop that collects results: once per fine-tune, it held
+# a 200-job resume to one result per API round trip (0.1-0.5 s on a busy server; see
+# benchmarks/ORCHESTRATION.md).
+PROGRESS_INTERVAL_SECONDS = 5.0
 
 
 @flow(name="finetune-subsets", log_prints=True)
@@ -36,10 +43,13 @@ def finetune_subsets(config: dict[str, Any], llm: dict[str, str], index_key: str
     with cluster_ready(config, index_key):
         futures = {task.submit(config, llm, job.key, job.members, job.eval_ids, job.seed, job.label): i
                    for i, job in enumerate(jobs)}
+    last_update = time.monotonic()
     for done, future in enumerate(as_completed(list(futures)), start=1):
         results[futures[future]] = future.result()
-        update_progress_artifact(progress_id, progress=100.0 * done / len(jobs),
-                                 description=f"{description}: {done}/{len(jobs)}")
+        if done == len(jobs) or time.monotonic() - last_update >= PROGRESS_INTERVAL_SECONDS:
+            update_progress_artifact(progress_id, progress=100.0 * done / len(jobs),
+                                     description=f"{description}: {done}/{len(jobs)}")
+            last_update = time.monotonic()
     skipped = sum(r["skipped"] for r in results)
     logger.info("%s: %d fine-tunes run, %d already published and skipped", description,
                 len(jobs) - skipped, skipped)
