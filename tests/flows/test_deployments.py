@@ -1,6 +1,6 @@
 """prefect.yaml on a real Prefect server: deploy every deployment, see the schedules create
-runs and the retrain trigger become an automation, and have a process worker run the
-pipeline deployment once."""
+runs and the retrain trigger become an automation, then emit the base-LLM event from the
+watch and have a process worker run the pipeline run the automation created."""
 
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from airrep.config import load_config
 
 pytestmark = pytest.mark.slow  # end to end: scheduled first (conftest)
 
@@ -111,13 +109,25 @@ def test_deploy_schedule_trigger_and_worker_run(prefect_server, micro, tmp_path)
     for deployment in deployments.values():
         _api(api, f"/deployments/{deployment['id']}/pause_deployment", {})
 
-    # A process worker runs the pipeline deployment once (micro settings, local storage).
-    overrides = micro + [f"work_dir={tmp_path / 'work'}", f"storage.uri={tmp_path / 'artifacts'}"]
-    params = json.dumps({"config": load_config("configs/tiny.yaml", overrides, environ={}).model_dump(mode="json")})
-    out = _run([PREFECT, "deployment", "run", "pipeline/pipeline", "--params", params], env)
-    run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
-    waiting = _api(api, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
-    assert [r["id"] for r in waiting] == [run_id], "only the run started here is waiting for the worker"
+    # The retrain path, end to end: `airrep watch --trigger event` (what the watch-base-llm
+    # deployment runs) finds a base LLM no model was evaluated on and emits
+    # airrep.base-llm.changed with its whole config; the automation creates a pipeline run with
+    # that config (its overrides included), and a process worker executes it.
+    overrides = micro + [f"work_dir={tmp_path / 'work'}", f"storage.uri={tmp_path / 'artifacts'}", "name=from-event"]
+    watch = [sys.executable, "-m", "flows.cli", "watch", "-c", "configs/tiny.yaml", "--trigger", "event"]
+    for override in overrides:
+        watch += ["--set", override]
+    _run(watch, env)
+    pipeline_id = deployments["pipeline"]["id"]
+    deadline = time.monotonic() + 120
+    runs: list = []
+    while time.monotonic() < deadline and not runs:
+        runs = _api(api, "/flow_runs/filter", {"deployments": {"id": {"any_": [pipeline_id]}}})
+        time.sleep(1)
+    assert len(runs) == 1, f"the event should start exactly one pipeline run, got {len(runs)}"
+    run_id = runs[0]["id"]
+    assert runs[0]["parameters"]["config"]["name"] == "from-event", "the event carries the watch run's overrides"
+    assert runs[0]["parameters"]["config"]["work_dir"] == str(tmp_path / "work")
     worker_out = _run([PREFECT, "worker", "start", "--pool", "gpu", "--run-once", "--type", "process"], env,
                       timeout=900)
     state = _api(api, f"/flow_runs/{run_id}")["state"]
@@ -127,4 +137,4 @@ def test_deploy_schedule_trigger_and_worker_run(prefect_server, micro, tmp_path)
         pytest.fail(f"flow run ended {state['type']}: {state.get('message')}\n"
                     f"--- flow run log (tail) ---\n{run_log[-6000:]}\n"
                     f"--- worker output (tail) ---\n{worker_out[-4000:]}")
-    assert list((tmp_path / "work" / "tiny" / "evaluation").glob("*/lds.png"))
+    assert list((tmp_path / "work" / "from-event" / "evaluation").glob("*/lds.png"))
