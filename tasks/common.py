@@ -8,6 +8,7 @@ URI, with credentials from the worker's environment.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any
 
 from airrep.config import PipelineConfig
@@ -32,6 +33,12 @@ def _records(data_json: str) -> dict[str, Record]:
     return {r.id: r for r in records}
 
 
+# lru_cache lets threads that miss at once each compute the value: tasks run as threads (the
+# in-process runner, a thread pool) would all parse the corpus at the same time.
+_RECORDS_LOCK = threading.Lock()
+
+
 def records_by_id(config: PipelineConfig) -> dict[str, Record]:
     """The cleaned corpus, loaded once per worker process (it is deterministic in the config)."""
-    return _records(config.data.model_dump_json())
+    with _RECORDS_LOCK:
+        return _records(config.data.model_dump_json())
