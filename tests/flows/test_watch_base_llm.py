@@ -73,7 +73,7 @@ def retrain_checks(config) -> list:
                               output_format="list")
 
 
-def test_watch_keeps_a_champion_that_still_transfers(micro_overrides, tmp_path):
+def test_watch_keeps_a_champion_that_transfers_and_retrains_one_that_falls_short(micro_overrides, tmp_path):
     base_dir, overrides = local_base_llm(micro_overrides, tmp_path)
     config = load_config("configs/tiny.yaml", overrides)
     name = tracking.registered_model_name(config)
@@ -113,16 +113,12 @@ def test_watch_keeps_a_champion_that_still_transfers(micro_overrides, tmp_path):
     again = watch_base_llm(config)
     assert again == {"changed": False, "fingerprint": new_fp}
 
-
-def test_watch_retrains_when_the_champion_falls_short(micro_overrides, tmp_path):
-    base_dir, overrides = local_base_llm(micro_overrides, tmp_path)
-    # A bar the champion cannot clear: 1.5 x its own LDS. The architecture alone does not make
-    # it fall short here: on the micro benchmark it scored LDS 0.32 on the Llama and again 0.32
-    # on this GPT-2 (it transfers), so the bar is what sends this run down the retrain path.
+    # A large change: GPT-2 of another size in place of the Llama, against a bar the champion
+    # cannot clear, 1.5 x its own LDS. The architecture alone does not make it fall short here:
+    # on the micro benchmark it scored LDS 0.32 on the Llama and again 0.32 on this GPT-2 (it
+    # transfers), so the bar is what sends this run down the retrain path.
     config = load_config("configs/tiny.yaml", overrides + ["retrain.keep_fraction=1.5"])
-    name = tracking.registered_model_name(config)
-    first = pipeline(config)
-    old_fp = first["llm"]["fingerprint"]
+    old_fp = new_fp
     versions_before = {v.version for v in MlflowClient().search_model_versions(f"name = '{name}'")}
 
     another_architecture(base_dir, config)
@@ -134,8 +130,7 @@ def test_watch_retrains_when_the_champion_falls_short(micro_overrides, tmp_path)
     assert consistent(decision)
     assert decision["retrain"], f"below 1.5 x its LDS, the champion should be retrained ({decision})"
     assert decision["finetunes_saved"] == 0
-    [check] = retrain_checks(config)
-    assert check.data.tags["decision"] == "retrain"
+    assert [c.data.tags["decision"] for c in retrain_checks(config)].count("retrain") == 1
 
     result = changed["pipeline"]
     assert result["finetunes_computed"] > 0, "new base LLM: every label fine-tune is new work"
