@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM = false
 export PREFECT_HOME ?= $(CURDIR)/.work/prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: run test lint install clean bench bench-quick bench-apps bench-orchestration postgres-bin
+.PHONY: run test lint install clean bench bench-quick bench-apps bench-transfer bench-orchestration postgres-bin
 
 run: $(STAMP)
 	$(VENV)/bin/airrep run -c $(CONFIG)
@@ -42,9 +42,17 @@ bench: $(STAMP)
 
 # Data selection on Natural Instructions (about 15 minutes on 2 cores once `make bench` has run):
 # AirRep's picks against random, TF-IDF, the encoder and LoGra, by the target task's loss after
-# fine-tuning; adds its section to benchmarks/RESULTS.md.
+# fine-tuning; adds its section to benchmarks/RESULTS.md; then bench-transfer.
 bench-apps: $(STAMP)
 	$(PY) -m benchmarks.selection -c configs/bench.yaml $(BENCH_ARGS)
+	$(MAKE) bench-transfer
+
+# Transfer across base LMs on Natural Instructions, also run by bench-apps: AirRep trained on the
+# bench's Llama and on a GPT-2 (pretrained once, ~15 minutes, then its own pipeline run, ~30
+# minutes on 2 cores), each scored on both LMs' held-out benchmarks against the baselines; adds
+# its section to benchmarks/RESULTS.md.
+bench-transfer: $(STAMP)
+	$(PY) -m benchmarks.transfer -c configs/bench.yaml $(BENCH_ARGS)
 
 # The speed benchmarks (minutes): ratios of timings taken in one run, with the machine.
 bench-quick: $(STAMP)

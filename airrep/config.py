@@ -125,7 +125,8 @@ class SamplingConfig(_Section):
 
 
 class TinyLMConfig(_Section):
-    """A small Llama-architecture LM pretrained by the project, for CPU configs.
+    """A small LM pretrained by the project, for CPU configs (Llama blocks, or GPT-2 blocks for
+    a second base LM of another architecture: the transfer benchmark).
 
     ``corpus``: ``slice``, the ``sampling.pretrain_size`` records cut from the corpus before
     any split (minutes, for tests and ``make run``); or ``general``, the packaged corpora's
@@ -137,12 +138,16 @@ class TinyLMConfig(_Section):
     corpus: Literal["slice", "general"] = "slice"
     """`slice`: pretrain on sampling.pretrain_size records of the corpus; `general`: on the packaged text no record
     holds (~27M tokens)."""
+    architecture: Literal["llama", "gpt2"] = "llama"
+    """Block type: `llama` (RoPE, gated MLP, RMSNorm) or `gpt2` (learned positions, GELU MLP, LayerNorm)."""
+    max_pretrain_tokens: int | None = Field(None, gt=0)
+    """Pretrain on at most this many tokens: a seeded draw of whole blocks of the text; None: all of it."""
     vocab_size: int = Field(8000, ge=300)
     """Byte-level BPE vocabulary trained on the pretraining text."""
     hidden_size: int = Field(128, gt=0)
-    """Width of the Llama blocks."""
+    """Width of the blocks."""
     num_layers: int = Field(2, gt=0)
-    """Number of Llama blocks."""
+    """Number of blocks."""
     num_heads: int = Field(4, gt=0)
     """Attention heads per block."""
     intermediate_size: int = Field(512, gt=0)

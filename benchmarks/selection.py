@@ -423,11 +423,12 @@ def _model_source(source: Mapping[str, Any]) -> str:
     return f"registered champion v{source.get('version')} of `{source.get('registered')}` ({source.get('model_key')})"
 
 
-def place_section(report: str, section: str, before: str | None) -> str:
-    """``report`` with its data-selection section replaced by ``section`` (up to the next
-    ``## `` heading), or inserted before the line ``before`` (else at the end)."""
+def place_section(report: str, section: str, before: str | None, heading: str = SECTION) -> str:
+    """``report`` with its section under ``heading`` (the data-selection one by default)
+    replaced by ``section`` (up to the next ``## `` heading), or inserted before the line
+    ``before`` (else at the end)."""
     lines = report.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == SECTION), None)
+    start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == heading), None)
     if start is not None:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         return "".join(lines[:start]) + section + ("\n" if end < len(lines) else "") + "".join(lines[end:])

@@ -171,3 +171,44 @@ def test_pretraining_lowers_held_out_loss(pretrained_tiny_lm, heldout_records):
     assert untrained_loss.mean() > 0.9 * np.log(len(tokenizer))  # ~uniform before training
     assert trained_loss.mean() < untrained_loss.mean() - 1.0
     assert np.all(trained_loss < untrained_loss)
+
+
+def test_new_tiny_lm_fields_at_their_defaults_keep_the_cache_key(pretrain_records, tiny_lm_settings):
+    """An LM cached before ``architecture`` and ``max_pretrain_tokens`` existed keeps its key:
+    the key of the default settings equals the hash of the settings as they were then."""
+    import hashlib
+
+    config, max_length = tiny_lm_settings.config, tiny_lm_settings.max_length
+    before = config.tiny.model_dump(exclude={"architecture", "max_pretrain_tokens"})
+    digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode() + str(max_length).encode())
+    for record in pretrain_records:
+        digest.update(llm.format_record(record).encode())
+    key = llm.tiny_lm_key(pretrain_records, config, max_length)
+    assert key == digest.hexdigest()[:16]
+    for change in ({"architecture": "gpt2"}, {"max_pretrain_tokens": 10_000}):
+        other = BaseLLMConfig(tiny=config.tiny.model_copy(update=change))
+        assert llm.tiny_lm_key(pretrain_records, other, max_length) != key, change
+
+
+def test_gpt2_tiny_lm_is_built_capped_and_fine_tunes(pretrain_records, heldout_records, tiny_lm_settings):
+    """``architecture: gpt2`` pretrains a GPT-2 LM on at most ``max_pretrain_tokens`` tokens,
+    which loads like any base LLM and whose pretraining lowers its held-out loss."""
+    from transformers import GPT2LMHeadModel
+
+    max_length = tiny_lm_settings.max_length
+    tiny = tiny_lm_settings.config.tiny.model_copy(update={
+        "architecture": "gpt2", "num_layers": 3, "max_pretrain_tokens": 200 * max_length})
+    path = build_tiny_lm(pretrain_records, BaseLLMConfig(tiny=tiny), max_length=max_length)
+    pretraining = json.loads((path / "pretraining.json").read_text())
+    assert pretraining["architecture"] == "gpt2" and pretraining["tokens"] == 200 * max_length
+    model, tokenizer = load_base_llm(str(path), BaseLLMConfig())
+    assert isinstance(model, GPT2LMHeadModel) and model.config.n_layer == 3
+    assert model.config.n_positions == max_length and model.config.tie_word_embeddings
+    torch.manual_seed(0)
+    untrained = GPT2LMHeadModel(model.config)
+    examples = tokenize_records(tokenizer, heldout_records[:32], max_length)
+    accelerator = make_accelerator("fp32")
+    trained_loss = per_example_loss(model, examples, tokenizer.pad_token_id, 16, accelerator)
+    untrained_loss = per_example_loss(untrained, examples, tokenizer.pad_token_id, 16, accelerator)
+    assert np.isfinite(trained_loss).all()
+    assert trained_loss.mean() < untrained_loss.mean() - 0.5

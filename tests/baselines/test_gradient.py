@@ -188,3 +188,26 @@ def test_a_storage_budget_keeps_each_method_within_it(setting):
     assert result.dim == 8 * 25 <= 200
     with pytest.raises(ValueError, match="at least 1"):
         proj_dim_for("logra", model, 0)
+
+
+def test_logra_reads_every_layer_of_a_gpt2(setting, tmp_path, monkeypatch):
+    """GPT-2's Conv1D layers become equal nn.Linear layers in LoGra's copy: the same logits,
+    one projection per layer (4 per block and the head), and the duplicate still ranked first."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, tokenizer, train, test = setting
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2,
+                                       n_positions=160, bos_token_id=tokenizer.bos_token_id,
+                                       eos_token_id=tokenizer.eos_token_id)).eval()
+    ids = torch.tensor([tokenizer(format_record(test[2]))["input_ids"]])
+    converted = gradient.conv1d_as_linear(copy.deepcopy(model))
+    linear = [m for m in converted.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linear) == 2 * 4 + 1
+    torch.testing.assert_close(converted(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert proj_dim_for("logra", model, 9 * 16) == 16
+    monkeypatch.chdir(tmp_path)
+    result = gradient_scores("logra", model, tokenizer, train, test, proj_dim=16, batch_size=5)
+    assert result.dim == 9 * 16
+    for test_index, train_index in DUPLICATES.items():
+        assert np.argmax(result.scores[test_index]) == train_index
