@@ -60,6 +60,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # The models here are tiny: one thread is as fast as two on an idle 2-core machine, and
     # OpenMP threads that spin-wait for a busy core make every op ~10x slower under load.
     torch.set_num_threads(1)
+    # The same for the processes the tests start (the installed CLI, the GPU recipe, workers),
+    # which would otherwise each take every core; a test that gives a process its own count
+    # (a local Dask cluster's share of the cores) still does.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
