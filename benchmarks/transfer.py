@@ -154,15 +154,17 @@ def lm_inputs(config_path: str, extra: list[str], workdir: Path) -> LMInputs:
                     {**resolved.source, "index_key": resolved.index_key})
 
 
-def run_benchmark(config_path: str, extra: list[str]) -> dict[str, Any]:
+def run_benchmark(config_path: str, extra: list[str], extra_b: list[str] = ()) -> dict[str, Any]:
     """Resolve LM A's run (the bench's), then LM B's (pretraining the GPT-2 and running its
-    pipeline the first time), then :func:`transfer_results`."""
+    pipeline the first time), then :func:`transfer_results`. ``extra`` applies to both runs,
+    ``extra_b`` to B's alone (after :data:`GPT2_OVERRIDES`)."""
     import tempfile
 
     seconds: dict[str, float] = {}
     lms: dict[str, LMInputs] = {}
+    overrides_b = [*extra, *GPT2_OVERRIDES, *extra_b]
     with tempfile.TemporaryDirectory() as tmp:
-        for name, overrides in ((LM_A, extra), (LM_B, [*extra, *GPT2_OVERRIDES])):
+        for name, overrides in ((LM_A, extra), (LM_B, overrides_b)):
             start = time.perf_counter()
             lms[name] = lm_inputs(config_path, overrides, Path(tmp) / name)
             seconds[name] = round(time.perf_counter() - start, 1)
@@ -170,7 +172,7 @@ def run_benchmark(config_path: str, extra: list[str]) -> dict[str, Any]:
         start = time.perf_counter()
         results = transfer_results(lms)
     seconds["table"] = round(time.perf_counter() - start, 1)
-    return {**results, "overrides": {LM_A: extra, LM_B: [*extra, *GPT2_OVERRIDES]}, "seconds": seconds}
+    return {**results, "overrides": {LM_A: extra, LM_B: overrides_b}, "seconds": seconds}
 
 
 COLUMNS = (f"airrep<-{LM_A}", f"airrep<-{LM_B}", "encoder", "tfidf", "logra-sum")
@@ -205,6 +207,10 @@ def transfer_markdown(results: Mapping[str, Any]) -> str:
              "| base LM | parameters | pretraining tokens | pretraining (min, once) | test loss, base | "
              "test loss, fine-tuned | fingerprint |", "|---|---|---|---|---|---|---|"]
     lines += [_lm_line(tags[n], n, lms[n]) for n in names]
+    overrides = results.get("overrides", {})
+    own_b = [o for o in overrides.get(names[1], []) if o not in GPT2_OVERRIDES and o not in overrides.get(names[0], [])]
+    if own_b:
+        lines += ["", "B's run also set " + ", ".join(f"`{o}`" for o in own_b) + "."]
     lines += ["", "LDS×100 on each LM's held-out benchmark (rows); AirRep trained on A's labels and on B's, and the "
               "baselines built for that LM (LoGra on its own gradients, summed over a subset).", "",
               "| benchmark of | " + " | ".join(TITLES[c] for c in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
@@ -215,14 +221,15 @@ def transfer_markdown(results: Mapping[str, Any]) -> str:
     if all(numbers.get(n, {}).get(c) for n in names for c in ("logra-sum", "encoder")):
         lines += ["", "Numbers kept per pool example (the paper's count): LoGra " + ", ".join(
             f"{numbers[n]['logra-sum']} on {tags[n]}" for n in names) + f" (256 per linear layer); the encoder "
-            f"{numbers[names[0]]['encoder']} and AirRep {numbers[names[0]][COLUMNS[0]]}, with their TF-IDF rows."]
+            f"{numbers[names[0]]['encoder']}; AirRep {numbers[names[0]][COLUMNS[0]]} on A (its embedding and its "
+            "TF-IDF rows, counted as the TF-IDF method's are)."]
     for sentence in transfer_sentences(results):
         lines += ["", sentence]
     lines.append("")
     machine = results.get("machine")
     s = results["seconds"]
     lines.append(f"The run took {sum(s.values()) / 60:.1f} min: resolving A's run {s[names[0]] / 60:.1f} min, B's "
-                 f"{s[names[1]] / 60:.1f} min (its pretraining the first time, then its pipeline), the table "
+                 f"{s[names[1]] / 60:.1f} min (its pipeline; pretraining and fine-tunes where not cached), the table "
                  f"{s['table'] / 60:.1f} min" + (f", on {describe_machine(machine)}" if machine else "")
                  + _load_note(dict(results)) + ". AirRep A: " + _source(lms[names[0]]["source"])
                  + "; AirRep B: " + _source(lms[names[1]]["source"]) + ".")
@@ -313,6 +320,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("-c", "--config", default="configs/bench.yaml", help="pipeline config (default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="config override for both LMs' runs, as for make bench (repeatable)")
+    parser.add_argument("--set-b", dest="overrides_b", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="config override for LM B's run alone (repeatable); B's run is found in the "
+                             "registry by its benchmark, so a B with other training settings needs its own "
+                             "tracking.registered_model")
     parser.add_argument("--out", default=str(ROOT / "results"), help="results directory (default: %(default)s)")
     parser.add_argument("--markdown", default=str(ROOT / "RESULTS.md"), help="report file (default: %(default)s)")
     parser.add_argument("--report-only", action="store_true", help="re-draw from OUT/transfer.json")
@@ -324,7 +335,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results = json.loads((out / "transfer.json").read_text())
     else:
         load = os.getloadavg()[0]
-        results = {"config": args.config, "machine": machine(), **run_benchmark(args.config, args.overrides)}
+        results = {"config": args.config, "machine": machine(),
+                   **run_benchmark(args.config, args.overrides, args.overrides_b)}
         results["load_average"] = [load, os.getloadavg()[0]]
     files = write_report(results, out, Path(args.markdown))
     log.info("wrote %s", ", ".join(str(f) for f in files))
