@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from airrep.data import Record, format_example, format_record
-from airrep.lexical import LexicalIndex
 from airrep.model import AirRep
 
 Item = str | Record | tuple[str, str] | Mapping[str, Any]
@@ -84,9 +83,8 @@ def attribute(model: AirRep, queries: Sequence[Item], corpus: Sequence[Item], k:
         return Attribution(np.zeros((0, width), np.int64), np.zeros((0, width), np.float32), [])
     corpus_emb = model.encode(corpus_texts, batch_size=batch_size, show_progress_bar=show_progress_bar)
     query_emb = model.encode(query_texts, batch_size=batch_size)
-    extra = None
-    if model.lexical_weight is not None:
-        extra = LexicalIndex(corpus_texts).similarity(query_texts) * model.lexical_weight
+    index = model.lexical_index(corpus_texts)
+    extra = None if index is None else model.lexical_scores(query_texts, index)
     scores, indices = AirRep.top_k(query_emb, corpus_emb, k=k, extra=extra)
     ids = [item_id(c, i) for i, c in enumerate(corpus)]
     return Attribution(indices, scores, [[ids[i] for i in row] for row in indices])
@@ -109,7 +107,8 @@ def select(model: AirRep, targets: Sequence[Item], candidates: Sequence[Item], b
     target_texts, candidate_texts = [as_text(t) for t in targets], [as_text(c) for c in candidates]
     centroid = model.encode(target_texts, batch_size=batch_size).mean(axis=0)
     scores = model.encode(candidate_texts, batch_size=batch_size, show_progress_bar=show_progress_bar) @ centroid
-    if model.lexical_weight is not None:
-        scores = scores + model.lexical_weight * LexicalIndex(candidate_texts).mean_similarity(target_texts)
+    index = model.lexical_index(candidate_texts)
+    if index is not None:
+        scores = scores + index.mean_similarity(target_texts, model.lexical_weight)
     chosen = np.argsort(-scores, kind="stable")[:budget]
     return Selection(chosen, [item_id(candidates[i], int(i)) for i in chosen], scores.astype(np.float32))

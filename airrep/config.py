@@ -225,11 +225,17 @@ class TrainConfig(_Section):
     # Add the TF-IDF cosine to each pair's score, weighted by a trained scalar (airrep/lexical.py).
     lexical: bool = True
     """Add each pair's TF-IDF cosine, times a trained weight, to its score (airrep/lexical.py)."""
+    # One cosine per field, each with its own IDF and trained weight: the labels are losses on
+    # response tokens, so response overlap and prompt overlap need not count alike.
+    lexical_fields: list[Literal["text", "prompt", "response"]] = Field(
+        default_factory=lambda: ["prompt", "response"], min_length=1)
+    """Fields of a formatted example the lexical channel compares, one weighted TF-IDF cosine each: `text` (the
+    whole), `prompt`, `response`."""
     # Candidate starting lexical weights, as multiples of the starting scale, picked jointly with
     # it by validation LDS (0 is the dense model alone).
     lexical_candidates: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0, 8.0])
     """Starting lexical weights, as multiples of the starting scale, picked jointly with it by validation LDS (0:
-    the dense model alone)."""
+    the dense model alone); every combination over the lexical fields is tried."""
     projection_dim: int | None = Field(None, gt=0)
     """Output size of the projection; None: the encoder's width."""
     max_tokens: int = Field(128, ge=8)

@@ -3,7 +3,8 @@
 Group score of training group ``S = {z_1..z_n}`` for target ``x`` (paper §3.1):
 ``s_i = Enc(x)·Enc(z_i)``, ``α = softmax(|s|)`` over the group, score ``= Σ α_i s_i``.
 ``pooling="sum"`` is the ablation (``Σ s_i``). With the lexical channel (``config.lexical``),
-``s_i`` adds ``w · tfidf_cos(x, z_i)`` (airrep/lexical.py), ``w`` trained. A trained AirRep is an ordinary HF model
+``s_i`` adds ``Σ_f w_f · tfidf_cos_f(x, z_i)`` over the lexical fields (prompt, response; airrep/lexical.py),
+each ``w_f`` trained. A trained AirRep is an ordinary HF model
 directory (safetensors + config + tokenizer) that ``AirRep.from_pretrained`` loads.
 """
 
@@ -24,7 +25,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig,
 from transformers.utils import logging as hf_logging
 
 from airrep.data import Record, format_record, split_formatted, truncate_pair
-from airrep.lexical import LexicalIndex
+from airrep.lexical import FieldedIndex
 from airrep.precision import resolve_precision
 from airrep.transformers_lock import TRANSFORMERS_LOCK
 
@@ -51,9 +52,11 @@ class AirRepConfig(PretrainedConfig):
 
     def __init__(self, encoder: dict | None = None, projection_dim: int | None = None,
                  max_tokens: int = 256, normalize: bool = False, initial_scale: float = 1.0,
-                 lexical: bool = False, **kwargs) -> None:
+                 lexical: bool = False, lexical_fields: list[str] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.lexical = lexical
+        # None: one cosine over the whole text, with a 0-d weight (models saved before fields).
+        self.lexical_fields = list(lexical_fields) if lexical_fields else None
         self.encoder = encoder or {}
         self.projection_dim = projection_dim
         self.max_tokens = max_tokens
@@ -89,9 +92,11 @@ class AirRepModel(PreTrainedModel):
             # pooling, as one number that training can move quickly (a projection trained at a
             # small learning rate would take thousands of steps to rescale itself).
             self.log_scale = nn.Parameter(torch.zeros(()))
-            # With ``config.lexical``, a pair's score is the embeddings' dot product plus this
-            # weight times their TF-IDF cosine (airrep/lexical.py); trained like the scale.
-            self.lexical_weight = nn.Parameter(torch.zeros(()))
+            # With ``config.lexical``, a pair's score is the embeddings' dot product plus these
+            # weights times their TF-IDF cosines, one per field (airrep/lexical.py); trained like
+            # the scale. 0-d for a model without ``lexical_fields`` (one whole-text cosine).
+            fields = config.lexical_fields
+            self.lexical_weight = nn.Parameter(torch.zeros((len(fields),) if fields else ()))
             self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -109,7 +114,8 @@ class AirRepModel(PreTrainedModel):
     @classmethod
     def from_encoder(cls, encoder: str = DEFAULT_ENCODER, projection_dim: int | None = None,
                      max_tokens: int = 256, trust_remote_code: bool = False, layers: int | None = None,
-                     normalize: bool = False, initial_scale: float = 1.0, lexical: bool = False) -> AirRepModel:
+                     normalize: bool = False, initial_scale: float = 1.0, lexical: bool = False,
+                     lexical_fields: Sequence[str] | None = None) -> AirRepModel:
         """A fresh AirRep around pretrained encoder weights (safetensors only).
 
         ``layers``: keep only the encoder's first ``layers`` blocks (the lower blocks of a
@@ -117,8 +123,9 @@ class AirRepModel(PreTrainedModel):
         reacts to; and each dropped block is that much less to run). ``normalize`` and
         ``initial_scale``: embeddings are L2-normalised and then scaled, so that dot products
         are cosines times ``initial_scale`` at the start (the sharpness of attention pooling).
-        ``lexical``: scores add the TF-IDF channel (its weight starts at 0, so the fresh model
-        scores like the encoder until the weight is set or trained).
+        ``lexical``: scores add the TF-IDF channel (its weights start at 0, so the fresh model
+        scores like the encoder until they are set or trained), one cosine per field of
+        ``lexical_fields`` (:data:`airrep.lexical.FIELDS`; None: the whole text).
         """
         path = resolve_encoder(encoder)
         extra = {"num_hidden_layers": layers} if layers else {}
@@ -133,7 +140,7 @@ class AirRepModel(PreTrainedModel):
                 hf_logging.set_verbosity(verbosity)
             config = AirRepConfig(encoder=pretrained.config.to_dict(), projection_dim=projection_dim,
                                   max_tokens=max_tokens, normalize=normalize, initial_scale=initial_scale,
-                                  lexical=lexical)
+                                  lexical=lexical, lexical_fields=list(lexical_fields) if lexical_fields else None)
             model = cls(config)
         missing, unexpected = model.encoder.load_state_dict(pretrained.state_dict(), strict=False)
         # The pooler (BERT's [CLS] head) is unused: AirRep mean-pools the token states.
@@ -333,12 +340,12 @@ class AirRep:
     @classmethod
     def from_encoder(cls, encoder: str = DEFAULT_ENCODER, layers: int | None = None, normalize: bool = False,
                      initial_scale: float = 1.0, projection_dim: int | None = None, lexical: bool = False,
-                     **kwargs) -> AirRep:
+                     lexical_fields: Sequence[str] | None = None, **kwargs) -> AirRep:
         """The untrained AirRep (identity projection) around a pretrained encoder (see
-        :meth:`AirRepModel.from_encoder` for ``layers``, ``normalize``, ``initial_scale`` and
-        ``lexical``)."""
+        :meth:`AirRepModel.from_encoder` for ``layers``, ``normalize``, ``initial_scale``,
+        ``lexical`` and ``lexical_fields``)."""
         model = AirRepModel.from_encoder(encoder, projection_dim=projection_dim, layers=layers, normalize=normalize,
-                                         initial_scale=initial_scale, lexical=lexical)
+                                         initial_scale=initial_scale, lexical=lexical, lexical_fields=lexical_fields)
         with TRANSFORMERS_LOCK:
             tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(encoder), trust_remote_code=False)
         return cls(model, tokenizer, **kwargs)
@@ -412,22 +419,43 @@ class AirRep:
         return self.model.projection.out_features
 
     @property
-    def lexical_weight(self) -> float | None:
-        """The TF-IDF cosine's weight in a pair's score; ``None`` for a model without the channel."""
-        return self.model.lexical_weight.item() if getattr(self.model.config, "lexical", False) else None
+    def lexical_fields(self) -> tuple[str, ...] | None:
+        """The fields the lexical channel compares (``("text",)`` for a model saved before fields);
+        ``None`` for a model without the channel."""
+        if not getattr(self.model.config, "lexical", False):
+            return None
+        return tuple(getattr(self.model.config, "lexical_fields", None) or ("text",))
+
+    @property
+    def lexical_weight(self) -> np.ndarray | None:
+        """The weight of each field's TF-IDF cosine in a pair's score, ``(n_fields,)``; ``None``
+        for a model without the channel."""
+        if self.lexical_fields is None:
+            return None
+        return self.model.lexical_weight.detach().float().cpu().reshape(-1).numpy().copy()
+
+    def lexical_index(self, corpus: Sequence[str | Record]) -> FieldedIndex | None:
+        """The lexical channel's index of ``corpus`` (each field's IDF from it); ``None`` without the channel."""
+        if self.lexical_fields is None:
+            return None
+        return FieldedIndex([format_record(t) if isinstance(t, Record) else t for t in corpus], self.lexical_fields)
+
+    def lexical_scores(self, queries: Sequence[str | Record], index: FieldedIndex) -> sparse.csr_matrix:
+        """The lexical channel's term of each pair's score, ``(n_queries, n_corpus)``, sparse."""
+        return index.similarity([format_record(t) if isinstance(t, Record) else t for t in queries],
+                                self.lexical_weight)
 
     def similarity(self, queries: Sequence[str | Record], corpus: Sequence[str | Record],
-                   lexical: bool = True, index: LexicalIndex | None = None) -> np.ndarray:
+                   lexical: bool = True, index: FieldedIndex | None = None) -> np.ndarray:
         """Example-level scores ``(n_queries, n_corpus)``: the embeddings' dot product, plus the
-        weighted TF-IDF cosine (IDF of ``corpus``) for a model with the lexical channel, unless
+        weighted TF-IDF cosines (IDF of ``corpus``) for a model with the lexical channel, unless
         ``lexical=False`` (the dense part alone, an ablation). ``index``: the corpus's
-        :class:`LexicalIndex`, when the caller already has one."""
+        :meth:`lexical_index`, when the caller already has one."""
         queries = [format_record(t) if isinstance(t, Record) else t for t in queries]
         corpus = [format_record(t) if isinstance(t, Record) else t for t in corpus]
         sims = self.encode(queries) @ self.encode(corpus).T
-        if lexical and self.lexical_weight is not None:
-            index = index or LexicalIndex(corpus)
-            sims += self.lexical_weight * index.similarity(queries).toarray()
+        if lexical and self.lexical_fields is not None:
+            sims += self.lexical_scores(queries, index or self.lexical_index(corpus)).toarray()
         return sims
 
     def attribute(self, queries: Sequence, corpus: Sequence, k: int = 10, **kwargs):

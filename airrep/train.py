@@ -35,6 +35,7 @@ Only the main process evaluates and saves.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -50,7 +51,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from airrep.config import TrainConfig
-from airrep.lexical import lexical_similarity
+from airrep.lexical import fielded_similarity
 from airrep.losses import pairwise_accuracy, weighted_ranknet
 from airrep.metrics import lds
 from airrep.model import AirRep, AirRepModel, TokenizedTexts, pool_groups_shared, pool_members
@@ -81,7 +82,7 @@ class TrainingCurve:
     cache_seconds: float = 0.0  # computing the frozen layers' states once
     label_pairs: int = 0  # (dev example, subset) labels scored over all steps
     initial_scale: float | None = None  # the starting scale picked by validation, if candidates were given
-    initial_lexical_weight: float | None = None  # likewise for the lexical channel's weight
+    initial_lexical_weight: list[float] | None = None  # likewise for the lexical channel's weights, per field
     processes: int = 1  # processes that shared every step (train.processes)
 
 
@@ -196,9 +197,9 @@ def ranking_step(model: AirRepModel, bank: TextBank, dev_rows: np.ndarray, membe
 
     ``dev_rows``: bank rows of the step's dev examples; ``members``: ``(topk, subset_size)``
     bank rows of its subsets; ``target``: ``(len(dev_rows), topk)`` labels. ``one_pass``
-    ``None`` decides by ``config.activation_budget_mb``. ``lexical``: ``(len(dev_rows), topk,
-    subset_size)`` TF-IDF cosines of each dev example with each member, for a model with the
-    lexical channel. With an ``accelerator`` of several processes, every process is called
+    ``None`` decides by ``config.activation_budget_mb``. ``lexical``: ``(n_fields, len(dev_rows),
+    topk, subset_size)`` TF-IDF cosines of each dev example with each member, one per lexical
+    field, for a model with the lexical channel. With an ``accelerator`` of several processes, every process is called
     with the same step and accumulates its share of the gradient (:func:`_shared_step`).
     """
     unique, inverse = np.unique(members, return_inverse=True)
@@ -210,7 +211,7 @@ def ranking_step(model: AirRepModel, bank: TextBank, dev_rows: np.ndarray, membe
     def loss_of(emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         member_sims = (emb[:n_dev] @ emb.T)[:, groups]  # (n_dev, topk, subset_size)
         if lexical is not None:
-            member_sims = member_sims + model.lexical_weight * lexical
+            member_sims = member_sims + weigh_fields(model.lexical_weight, lexical)
         scores = pool_members(member_sims)  # (n_dev, topk)
         return weighted_ranknet(scores, target, config.t_min, config.t_max), scores
 
@@ -297,12 +298,19 @@ class PreparedSplit:
     dev_rows: np.ndarray
     pool_rows: np.ndarray
     split: TrainingSplit
-    lexical: torch.Tensor | None  # (n_dev, n_pool), IDF of the split's pool
+    lexical: torch.Tensor | None  # (n_fields, n_dev, n_pool), each field's IDF of the split's pool
 
 
-def _prepare(bank: TextBank, split: TrainingSplit, lexical: bool) -> PreparedSplit:
-    sims = torch.as_tensor(lexical_similarity(split.dev_texts, split.pool_texts)) if lexical else None
+def _prepare(bank: TextBank, split: TrainingSplit, fields: Sequence[str] | None) -> PreparedSplit:
+    sims = torch.as_tensor(fielded_similarity(split.dev_texts, split.pool_texts, fields)) if fields else None
     return PreparedSplit(bank.rows(split.dev_texts), bank.rows(split.pool_texts), split, sims)
+
+
+def weigh_fields(weight: torch.Tensor | Sequence[float], lexical: torch.Tensor) -> torch.Tensor:
+    """``Σ_f weight[f] · lexical[f]``: the lexical channel's term from per-field cosines
+    ``(n_fields, ...)``; a 0-d weight (a model saved before fields) counts as one field."""
+    weight = torch.as_tensor(weight, dtype=lexical.dtype, device=lexical.device).reshape(-1)
+    return torch.tensordot(weight, lexical, dims=1)
 
 
 def _validation_sims(model: AirRepModel, bank: TextBank, splits: Sequence[PreparedSplit],
@@ -317,10 +325,10 @@ def _validation_sims(model: AirRepModel, bank: TextBank, splits: Sequence[Prepar
 
 
 def _lds_of(sims: Sequence[tuple[torch.Tensor, torch.Tensor | None]], splits: Sequence[PreparedSplit],
-            lexical_weight: float | None) -> float:
+            lexical_weight: Sequence[float] | None) -> float:
     values = []
     for (dense, lexical), prepared in zip(sims, splits, strict=True):
-        pair = dense + lexical_weight * lexical.to(dense.device) if lexical_weight is not None else dense
+        pair = dense if lexical_weight is None else dense + weigh_fields(lexical_weight, lexical.to(dense.device))
         scores = pool_groups_shared(pair, torch.as_tensor(prepared.split.subsets, dtype=torch.long,
                                                           device=dense.device))
         values.append(lds(scores.cpu().numpy(), -prepared.split.labels.T))
@@ -333,7 +341,7 @@ def validation_lds(model: AirRepModel, bank: TextBank, splits: Sequence[Prepared
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        weight = model.lexical_weight.item() if model.config.lexical else None
+        weight = model.lexical_weight.detach().reshape(-1).tolist() if model.config.lexical else None
         value = _lds_of(_validation_sims(model, bank, splits, config), splits, weight)
     model.train(was_training)
     return value
@@ -344,19 +352,22 @@ SCALARS = ("log_scale", "lexical_weight")  # no weight decay: it would pull them
 
 
 def _pick_scale(model: AirRepModel, bank: TextBank, held_out: Sequence[PreparedSplit],
-                config: TrainConfig) -> tuple[float, float | None]:
+                config: TrainConfig) -> tuple[float, list[float] | None]:
     """The starting dot-product scale (among ``scale_candidates``) and, for a model with the
-    lexical channel, the starting lexical weight (among ``lexical_candidates`` times the
-    scale), jointly best by validation LDS; returns ``(scale, lexical weight or None)``.
+    lexical channel, the starting weight of each lexical field (among ``lexical_candidates``
+    times the scale, every combination over the fields), jointly best by validation LDS;
+    returns ``(scale, per-field lexical weights or None)``.
 
     The scale sets how sharply attention pooling focuses on a group's most similar members,
-    which moved LDS by up to 8 points at step 0 on ShareGPT (cosines × 1 to × 50); the two
-    channels' balance moved it by as much. Training adjusts both slowly, so they are chosen
+    which moved LDS by up to 8 points at step 0 on ShareGPT (cosines × 1 to × 50); the
+    channels' balance moved it by as much. Training adjusts them slowly, so they are chosen
     here, on the held-out splits, before the first step. The embeddings are encoded once at
-    scale 1; a scale multiplies their dot products.
+    scale 1; a scale multiplies their dot products. A grid point costs one pooling of the
+    held-out splits (milliseconds), so 6 scales × 6² field weights take seconds.
     """
     scales = config.scale_candidates or [(model.log_scale.detach().exp() ** 2).item()]
-    ratios = config.lexical_candidates if model.config.lexical else [None]
+    n_fields = model.lexical_weight.numel() if model.config.lexical else 0
+    ratios = list(itertools.product(config.lexical_candidates, repeat=n_fields)) if n_fields else [None]
     model.set_scale(1.0)
     was_training = model.training
     model.eval()
@@ -367,16 +378,17 @@ def _pick_scale(model: AirRepModel, bank: TextBank, held_out: Sequence[PreparedS
     for scale in scales:
         scaled = [(scale * dense, lexical) for dense, lexical in unit]
         for ratio in ratios:
-            values[scale, ratio] = _lds_of(scaled, held_out, None if ratio is None else ratio * scale)
+            values[scale, ratio] = _lds_of(scaled, held_out, None if ratio is None else [r * scale for r in ratio])
     scale, ratio = max(values, key=values.get)
     model.set_scale(scale)
-    weight = None if ratio is None else ratio * scale
+    weight = None if ratio is None else [r * scale for r in ratio]
     if weight is not None:
         with torch.no_grad():
-            model.lexical_weight.fill_(weight)
-    log.info("starting scale %g, lexical weight %s (validation LDS by scale, lexical/scale: %s)", scale,
-             "-" if weight is None else f"{weight:g}",
-             ", ".join(f"{s:g}/{'-' if r is None else f'{r:g}'}: {v:.4f}" for (s, r), v in values.items()))
+            model.lexical_weight.copy_(torch.tensor(weight).reshape(model.lexical_weight.shape))
+    best = sorted(values.items(), key=lambda item: -item[1])[:5]
+    log.info("starting scale %g, lexical weights %s (validation LDS of %d grid points; best, as scale/weights "
+             "over scale: %s)", scale, "-" if weight is None else "/".join(f"{w:g}" for w in weight), len(values),
+             ", ".join(f"{s:g}/{'-' if r is None else ','.join(f'{x:g}' for x in r)}: {v:.4f}" for (s, r), v in best))
     return float(scale), weight
 
 
@@ -446,7 +458,8 @@ def start_training(splits: Sequence[TrainingSplit], config: TrainConfig, airrep:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     airrep = airrep or AirRep.from_encoder(
         config.encoder, precision=config.precision, layers=config.encoder_layers, normalize=config.normalize,
-        initial_scale=config.initial_scale, projection_dim=config.projection_dim, lexical=config.lexical)
+        initial_scale=config.initial_scale, projection_dim=config.projection_dim, lexical=config.lexical,
+        lexical_fields=config.lexical_fields)
     model = airrep.model.to(accelerator.device)
     model.config.max_tokens = config.max_tokens
     model.config.lexical = config.lexical
@@ -462,7 +475,8 @@ def start_training(splits: Sequence[TrainingSplit], config: TrainConfig, airrep:
         cache_seconds = bank.build_cache(model, len(model.blocks()) - config.trainable_layers, config.encode_chunk,
                                          config.precision, show_progress_bar=show_progress_bar)
         log.info("frozen layers computed once for %d texts in %.0f s", len(bank), cache_seconds)
-    prepared = [_prepare(bank, s, bool(model.config.lexical)) for s in splits]
+    fields = airrep.lexical_fields
+    prepared = [_prepare(bank, s, fields) for s in splits]
     # Seeded alike in every process; ``[seed, 0]`` is the stream one-process training has always
     # drawn (it was seeded with the process index), so its models and results are unchanged.
     return TrainingRun(airrep, bank, prepared[:n_train], prepared[n_train:], accelerator,
@@ -487,8 +501,8 @@ def step_gradient(run: TrainingRun, batch: StepBatch,
     target = torch.as_tensor(split.labels[np.ix_(batch.subsets, batch.dev)].T, dtype=torch.float32,
                              device=device)  # (n_ref, topk)
     lexical = batch.split.lexical
-    if lexical is not None:  # (n_ref, topk, subset_size)
-        lexical = lexical[torch.as_tensor(batch.dev)][:, torch.as_tensor(split.subsets[batch.subsets])]
+    if lexical is not None:  # (n_fields, n_ref, topk, subset_size)
+        lexical = lexical[:, torch.as_tensor(batch.dev)][:, :, torch.as_tensor(split.subsets[batch.subsets])]
         lexical = lexical.to(device)
     loss, scores = ranking_step(run.model, run.bank, batch.split.dev_rows[batch.dev],
                                 batch.split.pool_rows[split.subsets[batch.subsets]], target, config,

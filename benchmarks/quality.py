@@ -350,9 +350,11 @@ def results_markdown(results: dict[str, Any], config_path: str, extra: list[str]
         f"- AirRep: the first {cfg.train.encoder_layers or 6} of MiniLM-L6's 6 blocks (384-d)"
         + (", L2-normalised embeddings times a learnable scale (its start picked on validation from "
            f"{cfg.train.scale_candidates or [cfg.train.initial_scale]})" if cfg.train.normalize else "")
-        + ("; each pair's score adds the TF-IDF cosine (IDF of the pool being attributed) times a learnable "
-           f"weight, its start picked jointly with the scale from {cfg.train.lexical_candidates} × the scale "
-           "(rows airrep-dense and airrep-lexical: each of the two terms alone)" if cfg.train.lexical else "")
+        + (f"; each pair's score adds one TF-IDF cosine per field ({', '.join(cfg.train.lexical_fields)} of the "
+           "formatted example, each with the IDF of the pool being attributed) times a learnable weight per "
+           f"field, their starts picked jointly with the scale from {cfg.train.lexical_candidates} × the scale "
+           "(rows airrep-dense and airrep-lexical: the embedding term and the lexical terms alone)"
+           if cfg.train.lexical else "")
         + ("; every block, the projection and the scale" if cfg.train.trainable_layers is None
            else "; the projection and the scale (the blocks frozen, computed once per text)"
            if cfg.train.trainable_layers == 0

@@ -23,7 +23,6 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from airrep.lexical import LexicalIndex
 from airrep.model import AirRep
 
 EMBEDDINGS_FILE = "corpus_embeddings.npy"
@@ -70,7 +69,7 @@ class AttributionModel(mlflow.pyfunc.PythonModel):
                 f"corpus files disagree: {len(self.corpus_ids)} ids, {len(self.corpus_texts)} texts, "
                 f"{len(self.corpus_embeddings)} embeddings")
         self.default_top_k = int((context.model_config or {}).get("top_k", DEFAULT_TOP_K))
-        self.lexical = LexicalIndex(self.corpus_texts) if self.airrep.lexical_weight is not None else None
+        self.lexical = self.airrep.lexical_index(self.corpus_texts)
 
     # Through ``mlflow.pyfunc`` the logged signature turns every input into a one-column
     # DataFrame; a DataFrame hint is also the one MLflow does not try to derive a schema from.
@@ -83,7 +82,7 @@ class AttributionModel(mlflow.pyfunc.PythonModel):
         if not texts:
             return pd.DataFrame({c: [] for c in OUTPUT_COLUMNS})
         query_embeddings = self.airrep.encode(texts)  # (n_query, dim)
-        extra = None if self.lexical is None else self.lexical.similarity(texts) * self.airrep.lexical_weight
+        extra = None if self.lexical is None else self.airrep.lexical_scores(texts, self.lexical)
         scores, indices = AirRep.top_k(query_embeddings, self.corpus_embeddings, k=k, extra=extra)  # (n_query, k) each
         n_query, n_hits = indices.shape
         flat = indices.ravel()

@@ -64,6 +64,32 @@ def test_similarity_adds_the_weighted_tfidf_cosine_and_survives_save_load(tmp_pa
     np.testing.assert_allclose(loaded.similarity(TEXTS[:3], TEXTS), airrep.similarity(TEXTS[:3], TEXTS), rtol=1e-6)
 
 
+def test_a_fielded_model_weighs_each_fields_cosine_and_keeps_its_weights_through_save_load(tmp_path):
+    from airrep.data import format_example
+    from airrep.lexical import FieldedIndex
+
+    torch.manual_seed(0)
+    encoder = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         vocab_size=30522)
+    config = AirRepConfig(encoder=encoder.to_dict(), max_tokens=64, lexical=True,
+                          lexical_fields=["prompt", "response"])
+    airrep = AirRep(AirRepModel(config), AutoTokenizer.from_pretrained(resolve_encoder("minilm")), precision="fp32")
+    texts = [format_example(f"question {i % 3}", t) for i, t in enumerate(TEXTS)]
+    assert airrep.lexical_fields == ("prompt", "response")
+    np.testing.assert_array_equal(airrep.lexical_weight, [0.0, 0.0])
+    with torch.no_grad():
+        airrep.model.lexical_weight.copy_(torch.tensor([0.5, 3.0]))
+    dense = airrep.encode(texts[:3]) @ airrep.encode(texts).T
+    prompt, response = (s.toarray() for s in FieldedIndex(texts, ["prompt", "response"]).similarities(texts[:3]))
+    np.testing.assert_allclose(airrep.similarity(texts[:3], texts), dense + 0.5 * prompt + 3.0 * response,
+                               rtol=1e-5, atol=1e-6)
+    airrep.save_pretrained(tmp_path)
+    loaded = AirRep.from_pretrained(tmp_path, precision="fp32")
+    assert loaded.lexical_fields == ("prompt", "response")
+    np.testing.assert_allclose(loaded.lexical_weight, [0.5, 3.0])
+    np.testing.assert_allclose(loaded.similarity(texts[:3], texts), airrep.similarity(texts[:3], texts), rtol=1e-6)
+
+
 def test_models_without_the_channel_score_by_dot_product_alone(tiny_airrep):
     assert tiny_airrep.lexical_weight is None
     np.testing.assert_allclose(tiny_airrep.similarity(TEXTS[:2], TEXTS),

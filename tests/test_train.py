@@ -9,11 +9,12 @@ from airrep.model import AirRep, AirRepConfig, AirRepModel, pool_groups_shared, 
 from airrep.train import TextBank, TrainingSplit, ranking_step, train_airrep
 
 
-def tiny_airrep(seed=0, layers=1):
+def tiny_airrep(seed=0, layers=1, lexical_fields=None):
     torch.manual_seed(seed)
     encoder = BertConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
                          vocab_size=30522, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model = AirRepModel(AirRepConfig(encoder=encoder.to_dict(), max_tokens=32))
+    model = AirRepModel(AirRepConfig(encoder=encoder.to_dict(), max_tokens=32, lexical=bool(lexical_fields),
+                                     lexical_fields=lexical_fields))
     return AirRep(model, AutoTokenizer.from_pretrained(resolve_encoder("minilm")), precision="fp32")
 
 
@@ -195,9 +196,49 @@ def test_lexical_weight_is_picked_on_validation_and_carries_word_overlap():
                          precision="fp32", eval_every=1, validation_splits=1, normalize=True,
                          scale_candidates=[1.0, 5.0], lexical_candidates=[0.0, 1.0, 4.0])
     trained, curve = train_airrep(splits, config, airrep=tiny_airrep(), show_progress_bar=False)
-    assert curve.initial_lexical_weight in (1.0, 4.0, 5.0, 20.0)  # the channel was chosen, at ratio 1 or 4
+    assert len(curve.initial_lexical_weight) == 1  # a model without fields: one whole-text cosine
+    assert curve.initial_lexical_weight[0] in (1.0, 4.0, 5.0, 20.0)  # the channel was chosen, at ratio 1 or 4
     assert trained.lexical_weight == pytest.approx(curve.initial_lexical_weight, rel=1e-6)
     pool, test, subsets, losses = lexical_task(rng)
     with_words = held_out_lds(trained, pool, test, subsets, losses)
     dense = lds(AirRep.score_groups(trained.encode(test), trained.encode(pool), subsets), losses.T)
     assert with_words > 0.45 and with_words > dense + 0.1, (with_words, dense)
+
+
+def fielded_task(rng, n_pool=48, n_test=16, n_subsets=24, size=8):
+    """Influence planted through the response: a pool item helps the test items whose response
+    shares its topic word. Each prompt names a topic too, drawn independently, so whole-text
+    overlap mixes a decoy with the signal and only the response field isolates it."""
+    from airrep.data import format_example
+    topics = ["saffron", "quasar", "lichen", "obsidian", "tundra", "zephyr"]
+    decoys = ["walnut", "cobalt", "meadow", "falcon", "harbor", "violet"]
+
+    def texts(tags):
+        return [format_example(f"write about {decoys[rng.integers(len(decoys))]} {decoys[rng.integers(len(decoys))]}",
+                               f"the {topics[t]}") for t in tags]
+    pool_tag, test_tag = rng.integers(len(topics), size=n_pool), rng.integers(len(topics), size=n_test)
+    pool, test = texts(pool_tag), texts(test_tag)
+    subsets = np.array([rng.choice(n_pool, size, replace=False) for _ in range(n_subsets)])
+    helped = (pool_tag[subsets][:, :, None] == test_tag[None, None, :]).sum(1)
+    return pool, test, subsets, -helped + rng.normal(scale=0.1, size=helped.shape)
+
+
+def test_each_lexical_field_gets_its_own_weight_and_the_response_field_carries_its_influence():
+    from airrep.labels import normalize
+    rng = np.random.default_rng(7)
+    splits = [TrainingSplit(test, pool, subsets, normalize(losses))
+              for pool, test, subsets, losses in (fielded_task(rng) for _ in range(3))]
+    config = TrainConfig(steps=2, lr=1e-12, projection_lr=1e-12, warmup_steps=0, reference_size=4, topk=4,
+                         precision="fp32", eval_every=1, validation_splits=1, normalize=True,
+                         scale_candidates=[1.0, 5.0], lexical_candidates=[0.0, 1.0, 4.0],
+                         lexical_fields=["prompt", "response"])
+    fielded, curve = train_airrep(splits, config, airrep=tiny_airrep(lexical_fields=["prompt", "response"]),
+                                  show_progress_bar=False)
+    whole, _ = train_airrep(splits, config, airrep=tiny_airrep(), show_progress_bar=False)
+    prompt_weight, response_weight = curve.initial_lexical_weight
+    assert response_weight > prompt_weight  # validation picked the field that carries the influence
+    assert fielded.lexical_fields == ("prompt", "response") and whole.lexical_fields == ("text",)
+    np.testing.assert_allclose(fielded.lexical_weight, curve.initial_lexical_weight, rtol=1e-6)
+    pool, test, subsets, losses = fielded_task(rng)
+    by_field, by_text = (held_out_lds(m, pool, test, subsets, losses) for m in (fielded, whole))
+    assert by_field > 0.5 and by_field > by_text + 0.1, (by_field, by_text)

@@ -11,15 +11,13 @@ from airrep.methods import Method, MethodContext, Stored
 
 def embedding_scores(model, test: Sequence, pool: Sequence, lexical: bool = True) -> tuple[np.ndarray, Stored]:
     """AirRep's pair scores (:meth:`AirRep.similarity`) and what it keeps per pool example:
-    the fp32 embedding, plus the sparse TF-IDF row for a model with the lexical channel
-    (counted as the TF-IDF row counts it). ``lexical=False``: the dense part alone."""
-    from airrep.data import format_record
-    from airrep.lexical import LexicalIndex
+    the fp32 embedding, plus the sparse TF-IDF rows of its lexical fields for a model with the
+    lexical channel (counted as the TF-IDF row counts it). ``lexical=False``: the dense part alone."""
     from airrep.methods.tfidf import lexical_stored
 
-    if not (lexical and model.lexical_weight is not None):
+    if not (lexical and model.lexical_fields is not None):
         return model.similarity(list(test), list(pool), lexical=False), Stored.dense(model.dim)
-    index = LexicalIndex([format_record(r) for r in pool])  # fitted once: the scores and the storage
+    index = model.lexical_index(list(pool))  # fitted once: the scores and the storage
     return (model.similarity(list(test), list(pool), index=index),
             Stored.dense(model.dim) + lexical_stored(index))
 
@@ -31,21 +29,21 @@ def _airrep(context: MethodContext):
 
 def _airrep_dense(context: MethodContext):
     trained = context.trained
-    if trained is None or trained.lexical_weight is None:
+    if trained is None or trained.lexical_fields is None:
         return None
     return lambda t, p: embedding_scores(trained, t, p, lexical=False)
 
 
 def _airrep_lexical(context: MethodContext):
-    from airrep.methods.tfidf import tfidf_scores
+    from airrep.methods.tfidf import lexical_stored
 
     trained = context.trained
-    if trained is None or trained.lexical_weight is None:
+    if trained is None or trained.lexical_fields is None:
         return None
 
     def score(test, pool):
-        sims, stored = tfidf_scores(test, pool)
-        return trained.lexical_weight * sims, stored
+        index = trained.lexical_index(list(pool))
+        return trained.lexical_scores(list(test), index).toarray(), lexical_stored(index)
     return score
 
 
@@ -61,6 +59,6 @@ def _encoder(context: MethodContext):
 METHODS = [
     Method("airrep", _airrep, summary="the trained AirRep"),
     Method("airrep-dense", _airrep_dense, summary="the trained AirRep's embedding term alone"),
-    Method("airrep-lexical", _airrep_lexical, summary="the trained AirRep's weighted TF-IDF term alone"),
+    Method("airrep-lexical", _airrep_lexical, summary="the trained AirRep's weighted TF-IDF terms alone"),
     Method("encoder", _encoder, summary="the stock pretrained encoder, untrained"),
 ]
