@@ -13,7 +13,10 @@ each task names: Prefect sends the flow's settings with every task it submits, a
 precedence over the worker's own. A flow without ``PREFECT_API_URL`` runs on a temporary API
 server on 127.0.0.1, which only workers on the same machine can reach; :func:`cluster_ready`
 names it in the tasks and checks, before the fan-out, that every worker reaches that API and
-reads the artifact store with the credentials of its own environment (docs/cluster.md).
+reads the artifact store with the credentials of its own environment (docs/cluster.md). It
+also points each worker's Prefect events, from which the API records the task runs, at that
+API (:func:`send_events_to`): a worker that served an earlier flow still sends them to that
+flow's API.
 
 Concurrent fine-tunes never share a process. Torch threads training side by side in one
 process ended in segfaults inside the native libraries (four test-suite runs; never
@@ -108,9 +111,10 @@ def flow_api_url() -> str:
 def cluster_ready(config: dict[str, Any], probe_key: str) -> Iterator[None]:
     """Submit the fan-out's tasks inside this. On an existing cluster (``dask_address``) it
     first checks every worker (:func:`check_workers`, ``probe_key`` being an artifact already
-    published), then names this flow's API in the settings each task carries: without
-    ``PREFECT_API_URL`` those would name no API, and a worker would start a temporary server
-    of its own and record the task runs there. Elsewhere it does nothing."""
+    published) and points its Prefect events at this flow's API (:func:`send_events_to`), then
+    names this flow's API in the settings each task carries: without ``PREFECT_API_URL`` those
+    would name no API, and a worker would start a temporary server of its own and record the
+    task runs there. Elsewhere it does nothing."""
     orchestration = OrchestrationConfig.model_validate(config["orchestration"])
     if not (orchestration.runner == "dask" and orchestration.dask_address):
         yield
@@ -124,7 +128,8 @@ def cluster_ready(config: dict[str, Any], probe_key: str) -> Iterator[None]:
 def check_workers(address: str, api_url: str, store_uri: str, probe_key: str) -> None:
     """Raise :class:`ClusterError` unless every worker of the cluster at ``address`` reaches
     ``api_url`` and sees ``probe_key`` in the store at ``store_uri``: a worker that cannot would
-    fail each fine-tune it is given, or (without the API) silently report it elsewhere."""
+    fail each fine-tune it is given, or (without the API) silently report it elsewhere. When
+    all do, their Prefect events go to ``api_url`` from then on (:func:`send_events_to`)."""
     from distributed import Client
 
     try:
@@ -140,11 +145,36 @@ def check_workers(address: str, api_url: str, store_uri: str, probe_key: str) ->
         except ImportError as exc:
             raise ClusterError(f"the workers of the Dask cluster at {address} cannot import this pipeline ({exc}): "
                                "start them from the worker image or an environment with airrep installed") from exc
+        if not any(problems.values()):
+            client.run(send_events_to, api_url)
     if not problems:
         get_run_logger().warning("no workers at %s yet: the fine-tunes wait for them", address)
     for worker, problem in sorted(problems.items()):
         if problem:
             raise ClusterError(f"Dask worker {worker} {problem} (see {CLUSTER_DOCS})")
+
+
+# Where this process's Prefect events go, as send_events_to last set it (on a worker).
+_events_api_url: str | None = None
+
+
+async def send_events_to(api_url: str) -> None:
+    """Run on a worker before a flow's tasks: send this process's Prefect events to ``api_url``.
+
+    The API records task runs from the events the task engine emits, and Prefect keeps one
+    event stream per process to a self-hosted API (``EventsWorker``, unlike its log stream,
+    one per API): opened to the API named by the first task the process ran, and kept for
+    every later task whatever API that names. A long-lived worker would so record a later
+    flow's task runs in the first flow's API (or lose them, that API gone). Stopping the
+    stream, once it has sent what it holds, lets the next task open one to its own API. Two
+    flows at once on different APIs still cannot share a worker: one stream serves both.
+    """
+    global _events_api_url
+    if api_url != _events_api_url:
+        from prefect.events.worker import EventsWorker
+
+        await EventsWorker.drain_all(timeout=30, at_exit=False)  # awaitable: run in the worker's event loop
+        _events_api_url = api_url
 
 
 def probe_worker(api_url: str, temporary_api: bool, store_uri: str, probe_key: str,

@@ -136,7 +136,10 @@ def _finetune_task_runs(since) -> list:
 
 
 def test_labels_on_a_separately_started_cluster_equal_the_local_runner(micro_overrides, s3_env, dask_cluster,
-                                                                       published_labels):
+                                                                       published_labels, tmp_path):
+    """Then ``airrep labels`` again on the same cluster, on a temporary Prefect API of its own:
+    the workers that reported the first run to this process's API report the second run's
+    task runs to the second API."""
     cluster = dask_cluster(2)
     micro = micro_overrides + ["sampling.n_splits=1"]  # 4 fine-tunes: two for each worker
     overrides = _on_cluster(micro, cluster)
@@ -153,13 +156,39 @@ def test_labels_on_a_separately_started_cluster_equal_the_local_runner(micro_ove
     assert sorted(r.name for r in runs if r.state.is_completed()) == sorted(sum(trained.values(), []))
     assert not any("temporary server" in cluster.log(name) for name in cluster.workers)
 
+    # Every fine-tune is published now, so the second run's tasks only find their results.
+    log_path = tmp_path / "labels.log"
+    started = time.monotonic()
+    rerun = _start(_labels_command(overrides), log_path, _temporary_api_env(tmp_path / "prefect"))
+    try:
+        rerun.wait(timeout=300)
+    finally:
+        if rerun.poll() is None:
+            os.killpg(rerun.pid, signal.SIGKILL)
+    rerun_seconds = time.monotonic() - started
+    assert rerun.returncode == 0, log_path.read_text()[-3000:]
+    assert _task_run_states(tmp_path / "prefect") == dict.fromkeys(sum(trained.values(), []), "COMPLETED")
+    assert len(_finetune_task_runs(since)) == len(runs)  # none of the second run's in the first run's API
+
     local = _local_reference(micro, s3_env)
     in_process = label_generation(load_config("configs/tiny.yaml", local))
     for a, b in zip(published_labels(on_cluster, overrides), published_labels(in_process, local), strict=True):
         np.testing.assert_array_equal(a, b)
     shares = ", ".join(f"{name}: {len(labels)}" for name, labels in trained.items())
     print(f"dask cluster: 4 fine-tunes in {seconds:.1f} s on 2 workers ({shares}), labels equal to the "
-          "in-process runner's")
+          f"in-process runner's; the second run, on its own API, in {rerun_seconds:.1f} s")
+
+
+def _temporary_api_env(prefect_home: Path) -> dict[str, str]:
+    """A flow process's environment without ``PREFECT_API_URL``: it runs on a temporary Prefect
+    API server, whose database is ``prefect_home``/prefect.db."""
+    return {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(prefect_home)}
+
+
+def _task_run_states(prefect_home: Path) -> dict[str, str]:
+    """The fine-tunes' task runs in the database of a temporary API (:func:`_temporary_api_env`)."""
+    with closing(sqlite3.connect(prefect_home / "prefect.db")) as database:
+        return dict(database.execute("SELECT name, state_type FROM task_run WHERE name LIKE 'finetune-split%'"))
 
 
 def _executing_labels(dask_worker) -> list[str]:
@@ -217,8 +246,7 @@ def test_a_worker_killed_mid_run_costs_only_its_in_flight_finetune(micro_overrid
     micro = micro_overrides + ["sampling.n_splits=1"]  # 4 fine-tunes: enough for one published, one cut short
     overrides = _on_cluster(micro, cluster)
     log_path = tmp_path / "labels.log"
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "prefect")}
-    run = _start(_labels_command(overrides), log_path, env)
+    run = _start(_labels_command(overrides), log_path, _temporary_api_env(tmp_path / "prefect"))
     try:
         victim, in_flight = _kill_a_worker_mid_finetune(cluster, run, s3_env, log_path)
         published_before = _finetune_markers(s3_env)
@@ -237,9 +265,7 @@ def test_a_worker_killed_mid_run_costs_only_its_in_flight_finetune(micro_overrid
     assert published_before and all(published_after[k] == v for k, v in published_before.items())  # untouched
     # The workers reported to the run's temporary server (its database holds their task runs), not to one of
     # their own.
-    with closing(sqlite3.connect(tmp_path / "prefect" / "prefect.db")) as database:
-        states = dict(database.execute("SELECT name, state_type FROM task_run WHERE name LIKE 'finetune-split%'"))
-    assert states == dict.fromkeys(by_victim + by_survivor, "COMPLETED")
+    assert _task_run_states(tmp_path / "prefect") == dict.fromkeys(by_victim + by_survivor, "COMPLETED")
     assert not any("temporary server" in cluster.log(name) for name in cluster.workers)
     computed, skipped = map(int, re.search(r"fine-tunes: (\d+) run now, (\d+) already", output).groups())
     assert computed + skipped == 4
