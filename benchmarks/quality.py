@@ -605,6 +605,10 @@ def write_report(results: dict[str, Any], args: argparse.Namespace, out: Path) -
         from benchmarks.selection import selection_markdown
 
         text += "\n" + selection_markdown(json.loads((out / "selection.json").read_text()))
+    if (out / "transfer.json").exists():  # likewise bench-transfer's section
+        from benchmarks.transfer import transfer_markdown
+
+        text += "\n" + transfer_markdown(json.loads((out / "transfer.json").read_text()))
     if discussion.exists():
         text += "\n" + discussion.read_text()
     write_text_atomic(report, text)
