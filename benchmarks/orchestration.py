@@ -29,21 +29,16 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from infra.postgres import LocalPostgres, free_port
+from infra.postgres import LocalPostgres
+from infra.prefect_server import prefect_server
 
 log = logging.getLogger("benchmarks.orchestration")
 REPO = Path(__file__).resolve().parents[1]
-PREFECT = str(Path(sys.executable).parent / "prefect")
-SERVER_START_SECONDS = 180
 # What the client side (the flow, Dask workers) logs when an API call fails or is retried,
 # and what the server logs for an error or a request it failed.
 # A response line counts if the server failed the request (5xx) or throttled it (429); the
@@ -88,44 +83,6 @@ class MemorySampler(threading.Thread):
         return self.peak_bytes
 
 
-def wait_healthy(api: str, server: subprocess.Popen, log_path: Path) -> float:
-    start = time.perf_counter()
-    while True:
-        try:
-            with urllib.request.urlopen(api + "/health", timeout=10):
-                return time.perf_counter() - start
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            if server.poll() is not None or time.perf_counter() - start > SERVER_START_SECONDS:
-                raise RuntimeError("prefect server did not start:\n" + log_path.read_text()[-3000:]) from None
-            time.sleep(0.5)
-
-
-@contextmanager
-def prefect_server(home: Path, database_url: str | None, log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``prefect server start`` on a free loopback port with its own PREFECT_HOME (its sqlite
-    database lives there unless ``database_url`` points elsewhere)."""
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
-    if database_url:
-        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
-    with open(log_path, "wb") as out:
-        server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port),
-                                   "--no-ui", "--analytics-off"], env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            api = f"http://127.0.0.1:{port}/api"
-            log.info("prefect server on %s up after %.1f s", api, wait_healthy(api, server, log_path))
-            yield api, server
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-
-
 def last_error(log_path: Path) -> str:
     """The last exception line of a log (``SomeError: message``), shortened."""
     errors = [line for line in log_path.read_text(errors="replace").splitlines()
@@ -155,12 +112,13 @@ def run_database(name: str, args: argparse.Namespace, folder: Path) -> dict[str,
             postgres.create_database("prefect")
             url = postgres.url("prefect", "postgresql+asyncpg")
         server_log, trial_log, trial_out = folder / "server.log", folder / "trial.log", folder / "trial.json"
-        with prefect_server(home, url, server_log) as (api, server):
-            server_memory = MemorySampler(lambda: [server.pid])
+        with prefect_server(home, server_log, database_url=url) as server:
+            log.info("%s: prefect server on %s up after %.1f s", name, server.api, server.start_seconds)
+            server_memory = MemorySampler(lambda: [server.process.pid])
             database_memory = MemorySampler(postgres.server_pids if postgres else list)
             server_memory.start()
             database_memory.start()
-            env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(folder / "client-home")}
+            env = server.env | {"PREFECT_HOME": str(folder / "client-home")}
             command = [sys.executable, "-m", "benchmarks.orchestration_trial", "--tasks", str(args.tasks),
                        "--workers", str(args.workers), "--runner", args.runner, "--processes", str(args.processes),
                        "--seconds", str(args.seconds), "--work", str(work), "--out", str(trial_out)]

@@ -5,28 +5,21 @@ watch and have a process worker run the pipeline run the automation created."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from infra.prefect_server import PREFECT
+from infra.prefect_server import prefect_server as start_prefect_server
+
 pytestmark = pytest.mark.slow  # end to end: scheduled first (conftest)
 
 REPO = Path(__file__).resolve().parents[2]
-PREFECT = str(Path(sys.executable).parent / "prefect")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _api(base: str, path: str, body: dict | None = None) -> object:
@@ -39,32 +32,9 @@ def _api(base: str, path: str, body: dict | None = None) -> object:
 
 @pytest.fixture
 def prefect_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "AIRREP_PROJECT_DIR": str(REPO)}
-    env.pop("PREFECT_SERVER_EPHEMERAL_ENABLED", None)
-    log = open(tmp_path / "server.log", "wb")
-    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port),
-                               "--no-ui", "--analytics-off"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                _api(api, "/health")
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("prefect server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
-                time.sleep(0.5)
-        yield api, env
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+    """A real ``prefect server`` and the environment its CLI commands and workers run with."""
+    with start_prefect_server(tmp_path / "prefect-home", tmp_path / "server.log") as server:
+        yield server.api, server.env | {"AIRREP_PROJECT_DIR": str(REPO)}
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 300) -> str:
