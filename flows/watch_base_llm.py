@@ -71,5 +71,6 @@ def check_champion(config: dict[str, Any], index_key: str, previous: str | None)
     baselines there, and decide whether to retrain (logged to MLflow and as an artifact)."""
     llm = prepare_base_llm(config, index_key)
     loss_keys, repeat_keys, _ = benchmark_losses(config, index_key, llm)
-    evaluation = evaluate_task(config, index_key, llm, publish_champion(config), loss_keys, repeat_keys)
+    evaluation = evaluate_task(config, index_key, llm, publish_champion(config), loss_keys, repeat_keys,
+                               rescore_champion=False)  # the model evaluated is the champion
     return decide_retrain(config, index_key, llm, evaluation, previous)

@@ -78,9 +78,11 @@ def benchmark_fingerprint(llm_fingerprint: str, index_key: str, config: dict[str
 
 @task(cache_policy=NONE, retries=1, retry_delay_seconds=10)
 def evaluate_task(config: dict[str, Any], index_key: str, llm: dict[str, str], model_key: str,
-                  loss_keys: list[str], repeat_keys: list[str]) -> dict[str, Any]:
+                  loss_keys: list[str], repeat_keys: list[str], rescore_champion: bool = True) -> dict[str, Any]:
     """LDS table of AirRep and the baselines on the held-out benchmark; publishes the table,
-    its markdown and plot, and shows the table as a Prefect artifact."""
+    its markdown and plot, and shows the table as a Prefect artifact. ``rescore_champion``:
+    also score the registered champion there when it was scored on another benchmark (off
+    where the model evaluated is the champion: its ``airrep`` row is that score)."""
     cfg = typed(config)
     store = store_for(cfg)
     index = load_index(config, index_key)
@@ -101,7 +103,8 @@ def evaluate_task(config: dict[str, Any], index_key: str, llm: dict[str, str], m
     airrep_row = next((r for r in table.rows if r.method == "airrep"), None)
     return {"table": table.to_dict(), "files": {k: str(v) for k, v in files.items()},
             "lds": airrep_row.lds if airrep_row else float("nan"), "markdown": table.to_markdown(),
-            "champion_lds": _rescore_champion(cfg, bench, benchmark_fingerprint(llm["fingerprint"], index_key, config))}
+            "champion_lds": _rescore_champion(cfg, bench, benchmark_fingerprint(llm["fingerprint"], index_key, config))
+            if rescore_champion else None}
 
 
 def _rescore_champion(cfg, bench, bench_fp: str) -> float | None:
