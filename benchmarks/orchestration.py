@@ -180,9 +180,9 @@ def markdown(results: dict[str, Any]) -> str:
             ("task run time in the API, median / p95, s",
              lambda r: f"{r['first']['task_run_seconds']['median']} / {r['first']['task_run_seconds']['p95']}"),
             ("failed or crashed task runs", lambda r: str(r["failed_or_crashed_task_runs"])),
-            ("task runs recorded by the API (first, resume)",
-             lambda r: f"{r['first']['task_runs']}, {r['resume']['task_runs']}"),
-            ("API records complete, s after the flow returned", lambda r: str(r["first"]["settle_seconds"])),
+            ("task runs recorded by the API (first, resume)", lambda r: _both(r, "task_runs")),
+            ("task runs never recorded in a final state (first, resume)", lambda r: _both(r, "task_runs_not_final")),
+            ("last task run recorded final, s after the flow returned", lambda r: str(r["first"]["settle_seconds"])),
             ("HTTP errors logged: client / server", lambda r: f"{r['client_http_errors_logged']} / "
                                                              f"{r['server_errors_logged']}"),
             ("server RSS peak, MB", lambda r: f"{r['server_rss_peak_mb']:.0f}"),
@@ -212,6 +212,11 @@ def failures(run: dict[str, Any]) -> list[tuple[str, str]]:
     stages = (("trial", run.get("error")), ("first run", run.get("first", {}).get("error")),
               ("resume", run.get("resume", {}).get("error")))
     return [(stage, error) for stage, error in stages if error]
+
+
+def _both(run: dict[str, Any], key: str) -> str:
+    """A figure of the first run and of the resume, "-" for one that did not get that far."""
+    return ", ".join(str(run.get(stage, {}).get(key, "-")) for stage in ("first", "resume"))
 
 
 def _cell(cell, run: dict[str, Any]) -> str:
