@@ -1,7 +1,7 @@
 """Orchestration load test: paper-scale fan-outs through the real label-generation flow, on a
 Prefect API server backed by sqlite and then by PostgreSQL.
 
-    python -m benchmarks.orchestration [--tasks 10000] [--workers 100] [--databases sqlite,postgres]
+    python -m benchmarks.orchestration [--tasks 10000] [--workers 50] [--databases sqlite,postgres]
 
 For each database this starts its own ``prefect server start`` (127.0.0.1, a fresh
 PREFECT_HOME; for PostgreSQL a fresh cluster from :mod:`infra.postgres` and
@@ -253,7 +253,7 @@ def write_results(results: dict[str, Any], out: Path, report: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=10_000, help="fine-tunes per run")
-    parser.add_argument("--workers", type=int, default=100, help="concurrent fine-tunes (slots)")
+    parser.add_argument("--workers", type=int, default=50, help="concurrent fine-tunes (slots)")
     parser.add_argument("--runner", choices=("threads", "dask"), default="threads",
                         help="the fan-out's task runner (see above)")
     parser.add_argument("--processes", type=int, default=2, help="with --runner dask: worker processes")
