@@ -135,50 +135,6 @@ def _finetune_task_runs(since) -> list:
             name=TaskRunFilterName(like_="finetune-split"), start_time=TaskRunFilterStartTime(after_=since)))
 
 
-def test_labels_on_a_separately_started_cluster_equal_the_local_runner(micro_overrides, s3_env, dask_cluster,
-                                                                       published_labels, tmp_path):
-    """Then ``airrep labels`` again on the same cluster, on a temporary Prefect API of its own:
-    the workers that reported the first run to this process's API report the second run's
-    task runs to the second API."""
-    cluster = dask_cluster(2)
-    micro = micro_overrides + ["sampling.n_splits=1"]  # 4 fine-tunes: two for each worker
-    overrides = _on_cluster(micro, cluster)
-    since = datetime.now(UTC)
-    started = time.monotonic()
-    on_cluster = label_generation(load_config("configs/tiny.yaml", overrides))
-    seconds = time.monotonic() - started
-    assert (on_cluster["computed"], on_cluster["skipped"]) == (4, 0)
-    trained = {name: cluster.trained(name) for name in cluster.workers}
-    assert all(trained.values()), trained  # both workers fine-tuned
-    assert sorted(sum(trained.values(), [])) == sorted(set(sum(trained.values(), [])))  # each subset once
-    # The task runs are in this flow's API, and no worker started a temporary one of its own.
-    runs = _finetune_task_runs(since)
-    assert sorted(r.name for r in runs if r.state.is_completed()) == sorted(sum(trained.values(), []))
-    assert not any("temporary server" in cluster.log(name) for name in cluster.workers)
-
-    # Every fine-tune is published now, so the second run's tasks only find their results.
-    log_path = tmp_path / "labels.log"
-    started = time.monotonic()
-    rerun = _start(_labels_command(overrides), log_path, _temporary_api_env(tmp_path / "prefect"))
-    try:
-        rerun.wait(timeout=300)
-    finally:
-        if rerun.poll() is None:
-            os.killpg(rerun.pid, signal.SIGKILL)
-    rerun_seconds = time.monotonic() - started
-    assert rerun.returncode == 0, log_path.read_text()[-3000:]
-    assert _task_run_states(tmp_path / "prefect") == dict.fromkeys(sum(trained.values(), []), "COMPLETED")
-    assert len(_finetune_task_runs(since)) == len(runs)  # none of the second run's in the first run's API
-
-    local = _local_reference(micro, s3_env)
-    in_process = label_generation(load_config("configs/tiny.yaml", local))
-    for a, b in zip(published_labels(on_cluster, overrides), published_labels(in_process, local), strict=True):
-        np.testing.assert_array_equal(a, b)
-    shares = ", ".join(f"{name}: {len(labels)}" for name, labels in trained.items())
-    print(f"dask cluster: 4 fine-tunes in {seconds:.1f} s on 2 workers ({shares}), labels equal to the "
-          f"in-process runner's; the second run, on its own API, in {rerun_seconds:.1f} s")
-
-
 def _temporary_api_env(prefect_home: Path) -> dict[str, str]:
     """A flow process's environment without ``PREFECT_API_URL``: it runs on a temporary Prefect
     API server, whose database is ``prefect_home``/prefect.db."""
@@ -236,20 +192,45 @@ def _kill_a_worker_mid_finetune(cluster: DaskCluster, run: subprocess.Popen, s3_
             time.sleep(0.05)
 
 
-def test_a_worker_killed_mid_run_costs_only_its_in_flight_finetune(micro_overrides, s3_env, dask_cluster,
-                                                                    published_labels, tmp_path):
-    """``airrep labels`` on the cluster as a user first runs it, on a temporary Prefect API
-    (no ``PREFECT_API_URL``), which the tasks name to the workers; one worker is SIGKILLed
-    while it fine-tunes. The scheduler gives that fine-tune to the surviving worker, what was
-    published stays as it was (not trained again), and the labels equal the in-process runner's."""
+def test_labels_on_a_separately_started_cluster_equal_the_local_runner_and_survive_a_killed_worker(
+        micro_overrides, s3_env, dask_cluster, published_labels, tmp_path):
+    """Two runs on one cluster, each with its labels equal to the in-process runner's.
+
+    First from this process, on its Prefect API: both workers fine-tune, each subset once,
+    and the task runs are in this API (no worker starts a temporary server of its own).
+
+    Then ``airrep labels`` as a user first runs it, into a store of its own, on a temporary
+    Prefect API (no ``PREFECT_API_URL``), which the tasks name to the workers: the same
+    workers now report to that API, not to the first. One worker is SIGKILLed while it
+    fine-tunes; the scheduler gives that fine-tune to the surviving worker, and what was
+    published stays as it was (not trained again)."""
     cluster = dask_cluster(2)
-    micro = micro_overrides + ["sampling.n_splits=1"]  # 4 fine-tunes: enough for one published, one cut short
+    micro = micro_overrides + ["sampling.n_splits=1"]  # 4 fine-tunes: two for each worker
+    local = _local_reference(micro, s3_env)
+    in_process = published_labels(label_generation(load_config("configs/tiny.yaml", local)), local)
+
     overrides = _on_cluster(micro, cluster)
+    since = datetime.now(UTC)
+    started = time.monotonic()
+    on_cluster = label_generation(load_config("configs/tiny.yaml", overrides))
+    seconds = time.monotonic() - started
+    assert (on_cluster["computed"], on_cluster["skipped"]) == (4, 0)
+    trained = {name: cluster.trained(name) for name in cluster.workers}
+    assert all(trained.values()), trained  # both workers fine-tuned
+    assert sorted(sum(trained.values(), [])) == sorted(set(sum(trained.values(), [])))  # each subset once
+    runs = _finetune_task_runs(since)
+    assert sorted(r.name for r in runs if r.state.is_completed()) == sorted(sum(trained.values(), []))
+    for a, b in zip(published_labels(on_cluster, overrides), in_process, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    # The second run: a store of its own, so every fine-tune is new work again.
+    second_store = f"{s3_env.rsplit('/', 1)[0]}/second-run"
+    overrides = overrides + [f"storage.uri={second_store}"]
     log_path = tmp_path / "labels.log"
     run = _start(_labels_command(overrides), log_path, _temporary_api_env(tmp_path / "prefect"))
     try:
-        victim, in_flight = _kill_a_worker_mid_finetune(cluster, run, s3_env, log_path)
-        published_before = _finetune_markers(s3_env)
+        victim, in_flight = _kill_a_worker_mid_finetune(cluster, run, second_store, log_path)
+        published_before = _finetune_markers(second_store)
         run.wait(timeout=300)
     finally:
         if run.poll() is None:
@@ -257,29 +238,29 @@ def test_a_worker_killed_mid_run_costs_only_its_in_flight_finetune(micro_overrid
     output = log_path.read_text()
     assert run.returncode == 0, output[-3000:]
     (survivor,) = set(cluster.workers) - {victim}
-    by_victim, by_survivor = cluster.trained(victim), cluster.trained(survivor)
+    # What each worker trained in this run: its log after the first run's entries.
+    by_victim, by_survivor = (cluster.trained(name)[len(trained[name]):] for name in (victim, survivor))
     assert in_flight not in by_victim and in_flight in by_survivor  # rescheduled, and trained there
     assert sorted(by_victim + by_survivor) == sorted(set(by_victim + by_survivor))  # none trained twice
     assert len(by_victim + by_survivor) == 4 and by_victim  # each subset trained once, some before the kill
-    published_after = _finetune_markers(s3_env)
+    published_after = _finetune_markers(second_store)
     assert published_before and all(published_after[k] == v for k, v in published_before.items())  # untouched
-    # The workers reported to the run's temporary server (its database holds their task runs), not to one of
-    # their own.
+    # The workers reported to the run's temporary server (its database holds their task runs), not to the
+    # first run's API, and not to one of their own.
     assert _task_run_states(tmp_path / "prefect") == dict.fromkeys(by_victim + by_survivor, "COMPLETED")
+    assert len(_finetune_task_runs(since)) == len(runs)
     assert not any("temporary server" in cluster.log(name) for name in cluster.workers)
     computed, skipped = map(int, re.search(r"fine-tunes: (\d+) run now, (\d+) already", output).groups())
     assert computed + skipped == 4
 
-    local = _local_reference(micro, s3_env)
-    in_process = label_generation(load_config("configs/tiny.yaml", local))
     label_keys = re.search(r"labels published at:\n((?:  \S+\n?)+)", output).group(1).split()
-    for a, b in zip(published_labels({"label_keys": label_keys}, overrides), published_labels(in_process, local),
-                    strict=True):
+    for a, b in zip(published_labels({"label_keys": label_keys}, overrides), in_process, strict=True):
         np.testing.assert_array_equal(a, b)
-    print(f"worker killed: {victim} SIGKILLed during {in_flight} with {len(published_before)}/4 published; "
-          f"{survivor} trained it, {len(by_survivor)} in all; {len(cluster.skipped(survivor))} results the dead "
-          f"worker held found published and skipped; the run reported {computed} run, {skipped} skipped; "
-          "labels equal to the in-process runner's")
+    shares = ", ".join(f"{name}: {len(labels)}" for name, labels in trained.items())
+    print(f"dask cluster: 4 fine-tunes in {seconds:.1f} s on 2 workers ({shares}), labels equal to the "
+          f"in-process runner's. Second run, on its own API: {victim} SIGKILLed during {in_flight} with "
+          f"{len(published_before)}/4 published; {survivor} trained it, {len(by_survivor)} in all; the run reported "
+          f"{computed} run, {skipped} skipped; labels equal to the in-process runner's")
 
 
 def _labels_command(overrides: list[str]) -> list[str]:
