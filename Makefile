@@ -58,10 +58,10 @@ bench-transfer: $(STAMP)
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.speed --out benchmarks/results/speed.json
 
-# Orchestration load test: 10,000 fine-tunes of a fixed 2 s through the label-generation flow
-# on a Prefect server with sqlite, then with PostgreSQL (installed from Debian's packages when
-# its server binaries are missing); writes benchmarks/ORCHESTRATION.md. Smaller:
-# make bench-orchestration ORCH_ARGS="--tasks 200".
+# Orchestration load test (about 35 minutes on 2 cores): 10,000 fine-tunes of a fixed 2 s on 50
+# slots through the label-generation flow on a Prefect server with sqlite, then with PostgreSQL
+# (installed from Debian's packages when its server binaries are missing); writes
+# benchmarks/ORCHESTRATION.md. Smaller: make bench-orchestration ORCH_ARGS="--tasks 200".
 bench-orchestration: $(STAMP) postgres-bin
 	$(PY) -m benchmarks.orchestration $(ORCH_ARGS)
 
