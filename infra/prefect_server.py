@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,14 +51,13 @@ def wait_healthy(api: str, server: subprocess.Popen, log_path: Path, timeout: fl
 
 
 @contextmanager
-def prefect_server(home: Path, log_path: Path, database_url: str | None = None,
-                   env: Mapping[str, str] | None = None) -> Iterator[PrefectServer]:
+def prefect_server(home: Path, log_path: Path, database_url: str | None = None) -> Iterator[PrefectServer]:
     """Start the server (its sqlite database under ``home`` unless ``database_url`` names
-    another), wait until it answers, and terminate it on exit. ``env`` is the base
-    environment (default: this process's); the server log goes to ``log_path``."""
+    another), with this process's environment less what would point it elsewhere, wait until
+    it answers, and terminate it on exit; its log goes to ``log_path``."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    base = {k: v for k, v in (os.environ if env is None else env).items() if k not in _FOREIGN}
+    base = {k: v for k, v in os.environ.items() if k not in _FOREIGN}
     base |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     server_env = base | ({"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {})
     with open(log_path, "wb") as out:
