@@ -53,14 +53,6 @@ def _start_labels_run(overrides: list[str], log_path: Path, prefect_home: Path |
                             start_new_session=True)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _wait_until_published(process: subprocess.Popen, count: int, s3_env: str, raw_bucket, log_path: Path) -> None:
     deadline = time.monotonic() + 600
     while len(_published_finetunes(s3_env, raw_bucket)) < count:
